@@ -1,0 +1,257 @@
+"""Run configuration: one YAML file, validated by pydantic, overridable with --set.
+
+Every key is documented by its Field description; `proxyqa config-doc` prints them.
+Unknown keys are errors that name the key's dotted path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(Strict):
+    """Ray resources of one stage; the Ray wiring in pipeline/graph.py reads only these."""
+
+    num_cpus: float = Field(1.0, description="CPUs reserved per worker of this stage.")
+    num_gpus: float = Field(0.0, description="GPUs per worker (fractions share a GPU).")
+    batch_size: int = Field(1, ge=1, description="Rows (videos) per call of the stage.")
+    concurrency: Optional[int] = Field(
+        None, ge=1, description="Worker (actor) count; null lets Ray size it to the cluster."
+    )
+    memory_gb: Optional[float] = Field(None, description="Heap memory reserved per worker, GiB.")
+
+
+class S3Config(Strict):
+    endpoint_url: Optional[str] = Field(
+        None, description="S3-compatible endpoint (MinIO, moto, ...); null = AWS."
+    )
+    region: Optional[str] = Field(None, description="AWS region; null = the AWS chain's default.")
+    anon: bool = Field(False, description="Anonymous access (public buckets).")
+    # Credentials come from the standard AWS chain (env, profile, instance role);
+    # these are for stores that need explicit keys. They never reach logs or manifests.
+    key: Optional[SecretStr] = Field(None, description="Access key id (prefer the AWS chain).")
+    secret: Optional[SecretStr] = Field(None, description="Secret key (prefer the AWS chain).")
+
+
+class Limits(Strict):
+    max_bytes: int = Field(8 << 30, description="Videos larger than this are skipped (bytes).")
+    max_pixels: int = Field(
+        4096 * 4096, description="Videos whose width*height exceeds this are skipped."
+    )
+    max_duration_s: float = Field(4 * 3600, description="Videos longer than this are skipped.")
+
+
+class DecodeConfig(Strict):
+    num_frames: int = Field(16, ge=2, description="Frames sampled uniformly per video.")
+    target_fps: Optional[float] = Field(
+        None, gt=0, description="If set, sample at this rate instead (capped by max_frames)."
+    )
+    max_frames: int = Field(64, ge=2, description="Upper bound on sampled frames per video.")
+    max_side: int = Field(512, ge=32, description="Frames are resized so the longer side <= this.")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored frames.")
+    num_threads: int = Field(1, ge=0, description="decord decoder threads (0 = auto).")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=1))
+
+
+class UltralyticsConfig(Strict):
+    model: str = Field(
+        "yolo11n-pose.pt",
+        description="Weights path or ultralytics name; a .yaml builds a random-init model.",
+    )
+    device: Optional[str] = Field(None, description="'cuda:0', 'cpu'; null = GPU when present.")
+    half: bool = Field(True, description="fp16 inference (GPU only).")
+    imgsz: int = Field(640, description="Inference image size.")
+    conf: float = Field(0.25, description="Person detection confidence threshold.")
+    batch: int = Field(16, ge=1, description="Frames per predict call.")
+    tracker: Optional[str] = Field(
+        "bytetrack.yaml",
+        description="ultralytics tracker config used when sampled frames are dense enough.",
+    )
+
+
+class MediaPipeConfig(Strict):
+    model_complexity: int = Field(2, ge=0, le=2, description="BlazePose lite/full/heavy.")
+    min_detection_confidence: float = Field(0.5, description="Person detector threshold.")
+    num_poses: int = Field(2, ge=1, description="People detected per frame at most.")
+
+
+class PoseConfig(Strict):
+    backend: Literal["mediapipe", "ultralytics", "none"] = Field(
+        "mediapipe", description="Pose backend: mediapipe (CPU, offline) or ultralytics (GPU)."
+    )
+    min_keypoint_score: float = Field(0.5, description="Joints below this score give no facts.")
+    subject_rule: Literal["largest_area", "most_frames", "center"] = Field(
+        "most_frames",
+        description="How the main subject track is chosen (ties broken by mean box area).",
+    )
+    crop_margin: float = Field(0.15, description="Margin around the subject box in crops.")
+    ultralytics: UltralyticsConfig = Field(default_factory=UltralyticsConfig)
+    mediapipe: MediaPipeConfig = Field(default_factory=MediaPipeConfig)
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=1))
+
+
+class TemporalOrderConfig(Strict):
+    frames: int = Field(4, ge=2, le=8, description="Frames shown (shuffled) per question.")
+    samples_per_video: int = Field(2, ge=0, description="Questions per video at most.")
+    min_frame_diff: float = Field(
+        3.0,
+        description="Mean absolute grey-level difference (0-255) required between frames "
+        "adjacent in time; closer frames cannot be told apart.",
+    )
+    min_pose_motion: float = Field(
+        0.05,
+        description="When pose is on: subject keypoint motion (body-size units) required "
+        "between frames adjacent in time.",
+    )
+
+
+class TemporalDirectionConfig(Strict):
+    frames: int = Field(4, ge=2, le=16, description="Frames in the short clip.")
+    samples_per_video: int = Field(2, ge=0, description="Clips per video at most.")
+    min_frame_diff: float = Field(
+        3.0, description="Grey-level difference required between the clip's first and last frame."
+    )
+
+
+class TasksConfig(Strict):
+    enabled: list[str] = Field(
+        default_factory=lambda: ["temporal_order", "temporal_direction"],
+        description="Task names to build (see the task catalogue).",
+    )
+    seed: int = Field(0, description="Seed; with video_id it fixes every random choice.")
+    temporal_order: TemporalOrderConfig = Field(default_factory=TemporalOrderConfig)
+    temporal_direction: TemporalDirectionConfig = Field(default_factory=TemporalDirectionConfig)
+    version: str = Field("1", description="Bump to regenerate rows after task-logic changes.")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=4))
+
+
+class WriteConfig(Strict):
+    rows_per_file: int = Field(2000, ge=1, description="Target rows per Parquet shard.")
+    compression: str = Field("zstd", description="Parquet compression codec.")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
+
+
+class RayConfig(Strict):
+    address: Optional[str] = Field(
+        None, description="Ray address; null = RAY_ADDRESS if set, else a local ray.init()."
+    )
+    num_cpus: Optional[int] = Field(None, description="CPUs of a local Ray instance.")
+    progress_bars: bool = Field(True, description="Ray Data progress bars.")
+
+
+class Config(Strict):
+    input: Optional[str] = Field(
+        None, description="Folder, s3:// prefix or manifest (.txt/.csv/.jsonl/.parquet)."
+    )
+    output: str = Field("out", description="Output root (local path or s3:// prefix).")
+    run_id: Optional[str] = Field(None, description="Run id; null = time-based.")
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"],
+        description="Extensions listed from folders and prefixes.",
+    )
+    s3: S3Config = Field(default_factory=S3Config)
+    limits: Limits = Field(default_factory=Limits)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    write: WriteConfig = Field(default_factory=WriteConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{path}'"
+    return f"invalid config key '{path}': {first['msg']}"
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load YAML (safely), apply `key.path=value` overrides (values parsed as YAML)."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+# Keys that change what rows are produced. Resources, paths and Ray settings do not.
+_HASHED_SECTIONS = ("decode", "pose", "tasks", "limits")
+_UNHASHED_KEYS = {"resources", "num_threads", "device", "batch", "half"}
+
+
+def _strip(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _strip(v) for k, v in sorted(tree.items()) if k not in _UNHASHED_KEYS}
+    return tree
+
+
+def config_hash(cfg: Config, extra: dict | None = None) -> str:
+    """Hash of everything that decides the content of the rows (not where or how fast)."""
+    from pipeline import __version__
+    from pipeline.schema import SCHEMA_VERSION
+
+    tree = {s: _strip(cfg.model_dump(mode="json")[s]) for s in _HASHED_SECTIONS}
+    tree["versions"] = {"pipeline": __version__, "schema": SCHEMA_VERSION}
+    tree.update(extra or {})
+    blob = json.dumps(tree, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def public_dump(cfg: Config) -> dict:
+    """Config as JSON for manifests: secrets masked."""
+    return cfg.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every key: the config reference."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if sub is not None:
+            rows.extend(describe_fields(sub, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append((key, json.dumps(default, default=str), field.description or ""))
+    return rows

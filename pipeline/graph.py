@@ -1,0 +1,112 @@
+"""The one place that knows Ray: the pipeline as a list of steps, and the Ray Data plan.
+
+Read top to bottom, `steps()` is the whole pipeline. Each step names a stage class (plain
+Python, no Ray), its constructor arguments and its resources from the config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from pipeline.config import Config, Resources
+from pipeline.run import Run
+from pipeline.schema import to_arrow
+from stages.decode import DecodeStage
+from stages.sampling import RunContext
+from stages.tasks import BuildTasksStage
+from stages.write import ShardWriterStage
+
+
+@dataclass
+class Step:
+    stage: type
+    kwargs: dict[str, Any]
+    resources: Resources
+    drop_after: tuple[str, ...] = ()   # columns no later step needs (less data between stages)
+
+
+def steps(cfg: Config, run: Run) -> list[Step]:
+    ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
+    return [
+        Step(DecodeStage, dict(cfg=cfg.decode, limits=cfg.limits, s3=cfg.s3),
+             cfg.decode.resources),
+        Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx,
+                                   min_keypoint_score=cfg.pose.min_keypoint_score),
+             cfg.tasks.resources, drop_after=("frames_jpeg",)),
+        Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
+                                    config_hash=run.config_hash,
+                                    rows_per_file=cfg.write.rows_per_file,
+                                    compression=cfg.write.compression, s3=cfg.s3),
+             cfg.write.resources),
+    ]
+
+
+class ArrowAdapter:
+    """Runs a stage on Arrow blocks: Arrow -> column dict -> stage -> Arrow."""
+
+    def __init__(self, stage: type, kwargs: dict[str, Any], drop: tuple[str, ...] = ()):
+        self.stage = stage(**kwargs)
+        self.drop = drop
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = self.stage(table.to_pydict())
+        for name in self.drop:
+            out.pop(name, None)
+        return to_arrow(out)
+
+
+def build_dataset(cfg: Config, run: Run, videos: list[dict]):
+    import ray
+
+    ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
+    for step in steps(cfg, run):
+        res = step.resources
+        # A subclass per stage so Ray's progress bars and logs name the stage.
+        adapter = type(step.stage.__name__, (ArrowAdapter,), {})
+        pool = (res.concurrency, res.concurrency) if res.concurrency else (1, _cluster_cpus())
+        ds = ds.map_batches(
+            adapter,
+            fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after),
+            batch_format="pyarrow",
+            batch_size=res.batch_size,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=max(pool)),
+            memory=int(res.memory_gb * (1 << 30)) if res.memory_gb else None,
+        )
+    return ds
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def init_ray(cfg: Config) -> None:
+    import os
+
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+
+
+def execute(cfg: Config, run: Run, videos: list[dict]) -> Iterator[dict]:
+    """Runs the plan; yields one record per video as the writer finishes it."""
+    init_ray(cfg)
+    if not videos:
+        return
+    for batch in build_dataset(cfg, run, videos).iter_batches(batch_format="pyarrow",
+                                                              batch_size=None):
+        yield from batch.to_pylist()

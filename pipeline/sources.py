@@ -1,0 +1,145 @@
+"""Input listing: a folder, an s3:// prefix or a manifest file -> one record per video."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from typing import Iterable
+
+from pipeline.config import Config
+from pipeline.storage import full_uri, get_fs
+
+MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
+
+
+class SourceError(RuntimeError):
+    """The input itself cannot be listed (missing, unreadable, malformed manifest)."""
+
+
+def video_id_for(uri: str, size: int | None, mtime: str | None) -> str:
+    """Stable id: the same file at the same URI keeps its id; a changed file gets a new one."""
+    blob = f"{uri}\0{size}\0{mtime}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _mtime(info: dict) -> str | None:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return None
+
+
+def _record(uri: str, info: dict | None, error: str | None = None) -> dict:
+    size = int(info["size"]) if info and info.get("size") is not None else None
+    mtime = _mtime(info) if info else None
+    rec = {
+        "video_uri": uri,
+        "video_id": video_id_for(uri, size, mtime),
+        "size_bytes": size,
+        "mtime": mtime,
+        "status": None,
+        "reason": None,
+    }
+    if error:
+        rec["status"], rec["reason"] = "failed", error
+    elif info is not None and info.get("type") == "directory":
+        rec["status"], rec["reason"] = "failed", "not_a_file: a directory named like a video"
+    return rec
+
+
+def _stat(fs, path: str) -> tuple[dict | None, str | None]:
+    try:
+        return fs.info(path), None
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return None, "missing: dangling symlink"
+        return None, "missing: file not found"
+    except OSError as exc:
+        return None, f"unreadable: {exc.__class__.__name__}"
+
+
+def _list_folder(fs, root: str, exts: tuple[str, ...]) -> Iterable[str]:
+    if not full_uri(fs, root).startswith("s3://"):
+        # os.walk sees dangling symlinks and directories named like videos; fs.find hides them.
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames + dirnames):
+                if name.lower().endswith(exts):
+                    yield os.path.join(dirpath, name)
+        return
+    for path in sorted(fs.find(root, withdirs=True)):
+        if path.lower().endswith(exts):
+            yield path
+
+
+def _read_manifest(fs, path: str) -> list[str]:
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        if "uri" not in table.column_names:
+            raise SourceError(f"manifest {path} has no 'uri' column")
+        return [u for u in table.column("uri").to_pylist() if u]
+    text = fs.cat_file(path).decode("utf-8")
+    if lower.endswith(".txt"):
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if lower.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and "uri" not in rows[0]:
+            raise SourceError(f"manifest {path} has no 'uri' column")
+        return [r["uri"].strip() for r in rows if r.get("uri", "").strip()]
+    uris = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            uris.append(json.loads(line)["uri"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SourceError(f"manifest {path} line {n}: expected a JSON object with 'uri'") from None
+    return uris
+
+
+def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
+    """Every input video as a record (uri, video_id, size, mtime, status/reason if unusable)."""
+    uri = input_uri or cfg.input
+    if not uri:
+        raise SourceError("no input given (--input or `input:` in the config)")
+    fs, path = get_fs(uri, cfg.s3)
+    exts = tuple(e.lower() for e in cfg.video_extensions)
+    try:
+        is_dir = fs.isdir(path)
+        exists = is_dir or fs.exists(path)
+    except OSError as exc:
+        raise SourceError(f"cannot access input {uri}: {exc}") from None
+    if not exists:
+        raise SourceError(f"input not found: {uri}")
+    if is_dir:
+        paths = list(_list_folder(fs, path, exts))
+    elif path.lower().endswith(MANIFEST_SUFFIXES):
+        records = []
+        for item in _read_manifest(fs, path):
+            item_fs, item_path = get_fs(item, cfg.s3)
+            info, err = _stat(item_fs, item_path)
+            records.append(_record(full_uri(item_fs, item_path), info, err))
+        return _dedupe(records)
+    else:
+        paths = [path]
+    records = []
+    for p in paths:
+        info, err = _stat(fs, p)
+        records.append(_record(full_uri(fs, p), info, err))
+    return _dedupe(records)
+
+
+def _dedupe(records: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for rec in records:
+        if rec["video_uri"] in seen:
+            continue
+        seen.add(rec["video_uri"])
+        out.append(rec)
+    return out

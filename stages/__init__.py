@@ -1,0 +1,1 @@
+"""Stage classes: plain callables ``__call__(batch) -> batch`` with no Ray import."""

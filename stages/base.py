@@ -1,0 +1,80 @@
+"""What every stage shares: batches as column dicts, per-row errors as data, timings.
+
+A batch is ``dict[str, list]`` (column name -> one value per video). Ray wiring converts
+Arrow blocks to and from this form in pipeline/graph.py; tests build batches by hand.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Any
+
+Batch = dict[str, list]
+
+
+def to_rows(batch: Batch) -> list[dict[str, Any]]:
+    if not batch:
+        return []
+    n = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def to_batch(rows: list[dict[str, Any]]) -> Batch:
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return {k: [row.get(k) for row in rows] for k in keys}
+
+
+class StageError(Exception):
+    """A per-video failure with a short machine-readable reason prefix (e.g. 'not_a_video')."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+class RowStage:
+    """Applies `process(row)` to each row whose status is still ok; failures become data.
+
+    A row that failed earlier passes through untouched, so every input video reaches
+    the writer and the run report.
+    """
+
+    name = "stage"
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = []
+        for row in to_rows(batch):
+            if row.get("status") not in (None, "ok"):
+                out.append(row)
+                continue
+            start = time.perf_counter()
+            try:
+                row = self.process(row)
+                row.setdefault("status", "ok")
+                if row["status"] is None:
+                    row["status"] = "ok"
+            except StageError as exc:
+                row["status"], row["reason"] = _failed_status(exc.kind), f"{self.name}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
+                last = traceback.extract_tb(exc.__traceback__)[-1]
+                detail = f"{exc.__class__.__name__}: {str(exc)[:300]} ({last.name}:{last.lineno})"
+                row["status"], row["reason"] = "failed", f"{self.name}: error: {detail}"
+            _add_time(row, self.name, time.perf_counter() - start)
+            out.append(row)
+        return to_batch(out)
+
+
+def _failed_status(kind: str) -> str:
+    return "skipped" if kind.startswith("over_limit") else "failed"
+
+
+def _add_time(row: dict, stage: str, seconds: float) -> None:
+    times = json.loads(row.get("stage_times_json") or "{}")
+    times[stage] = round(times.get(stage, 0.0) + seconds, 4)
+    row["stage_times_json"] = json.dumps(times)

@@ -1,0 +1,54 @@
+"""Task-building stage: runs the enabled builders on each decoded video."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import TasksConfig
+from stages.base import RowStage
+from stages.sampling import RunContext
+from stages import tasks_temporal
+
+# Tasks whose rows come from other stages (the MLLM stage) rather than a builder here.
+MLLM_TASKS = {"pose_description", "pose_difference", "synthesized_qa"}
+
+
+class BuildTasksStage(RowStage):
+    """Adds `samples`: the QA rows of every enabled geometry/construction task."""
+
+    name = "tasks"
+
+    def __init__(self, cfg: TasksConfig, ctx: RunContext, min_keypoint_score: float = 0.5):
+        self.cfg, self.ctx = cfg, ctx
+        self.min_score = min_keypoint_score
+        known = set(BUILDERS) | MLLM_TASKS
+        unknown = [t for t in cfg.enabled if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task(s) in tasks.enabled: {unknown}; known: {sorted(known)}")
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        samples = list(row.get("samples") or [])
+        if not row.get("frames_jpeg"):
+            row["samples"] = samples
+            return row
+        thumbs = tasks_temporal.grey_thumbs(row["frames_jpeg"])
+        for task in self.cfg.enabled:
+            builder = BUILDERS.get(task)
+            if builder is not None:
+                samples.extend(builder(self, row, thumbs))
+        row["samples"] = samples
+        return row
+
+
+def _temporal_order(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_temporal.temporal_order(row, stage.cfg.temporal_order, stage.ctx, thumbs,
+                                         pose_motion=None)
+
+
+def _temporal_direction(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_temporal.temporal_direction(row, stage.cfg.temporal_direction, stage.ctx, thumbs)
+
+
+BUILDERS = {
+    "temporal_order": _temporal_order,
+    "temporal_direction": _temporal_direction,
+}

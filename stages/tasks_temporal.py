@@ -1,0 +1,109 @@
+"""Temporal proxy tasks whose answers come from construction: frame order and direction."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from pipeline.config import TemporalDirectionConfig, TemporalOrderConfig
+from stages.sampling import RunContext, make_sample, rng_for
+
+# Optional pose guard: (row, pos_a, pos_b) -> subject motion in body-size units, or None.
+PoseMotion = Callable[[dict, int, int], Optional[float]]
+
+MAX_TRIES = 30
+
+
+def grey_thumbs(frames_jpeg: list[bytes], side: int = 64) -> np.ndarray:
+    """Small grey frames for telling frames apart; decoding at 1/4 scale keeps it cheap."""
+    thumbs = []
+    for data in frames_jpeg:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+        thumbs.append(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA))
+    return np.stack(thumbs).astype(np.float32)
+
+
+def frame_diff(thumbs: np.ndarray, a: int, b: int) -> float:
+    """Mean absolute grey-level difference (0-255) between two sampled frames."""
+    return float(np.abs(thumbs[a] - thumbs[b]).mean())
+
+
+def _distinct_in_time(row: dict, chosen: list[int]) -> bool:
+    ts = [row["timestamps"][p] for p in chosen]
+    return all(t1 > t0 for t0, t1 in zip(ts, ts[1:]))
+
+
+def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
+                   thumbs: np.ndarray, pose_motion: PoseMotion | None = None) -> list[dict]:
+    n, k = len(row["frames_jpeg"]), cfg.frames
+    if n < k or cfg.samples_per_video == 0:
+        return []
+    rng = rng_for(row, "temporal_order", ctx.seed)
+    samples, used = [], set()
+    for _ in range(MAX_TRIES):
+        if len(samples) >= cfg.samples_per_video:
+            break
+        chosen = sorted(rng.choice(n, size=k, replace=False).tolist())
+        if tuple(chosen) in used or not _distinct_in_time(row, chosen):
+            continue
+        used.add(tuple(chosen))
+        pairs = list(zip(chosen, chosen[1:]))
+        if min(frame_diff(thumbs, a, b) for a, b in pairs) < cfg.min_frame_diff:
+            continue
+        if pose_motion is not None:
+            motions = [pose_motion(row, a, b) for a, b in pairs]
+            if any(m is None or m < cfg.min_pose_motion for m in motions):
+                continue
+        perm = rng.permutation(k)
+        while (perm == np.arange(k)).all():
+            perm = rng.permutation(k)
+        shown = [chosen[p] for p in perm]
+        # order[j] = the shown position of the j-th frame in time.
+        order = sorted(range(k), key=lambda pos: row["timestamps"][shown[pos]])
+        question = (
+            f"The {k} images are frames from one video, shown in random order as Image 1 to "
+            f"Image {k}. Put them in the order they happened. Answer with the image numbers "
+            "in chronological order, separated by commas."
+        )
+        samples.append(make_sample(
+            row, "temporal_order", ctx, key=",".join(map(str, shown)), positions=shown,
+            question=question, answer=", ".join(str(o + 1) for o in order),
+            answer_struct={"order": order}, answer_source="construction",
+        ))
+    return samples
+
+
+def temporal_direction(row: dict, cfg: TemporalDirectionConfig, ctx: RunContext,
+                       thumbs: np.ndarray) -> list[dict]:
+    n, k = len(row["frames_jpeg"]), cfg.frames
+    if n < k or cfg.samples_per_video == 0:
+        return []
+    rng = rng_for(row, "temporal_direction", ctx.seed)
+    starts = rng.permutation(n - k + 1).tolist()
+    first_reversed = bool(rng.integers(2))
+    samples = []
+    for start in starts:
+        if len(samples) >= cfg.samples_per_video:
+            break
+        window = list(range(start, start + k))
+        if not _distinct_in_time(row, window):
+            continue
+        if frame_diff(thumbs, window[0], window[-1]) < cfg.min_frame_diff:
+            continue
+        # Alternate from a random first choice, so each video's clips are balanced.
+        is_reversed = first_reversed ^ bool(len(samples) % 2)
+        shown = window[::-1] if is_reversed else window
+        choices = ["forward", "reverse"]
+        answer = choices[int(is_reversed)]
+        question = (
+            f"These {k} frames are shown one after another as a short clip. "
+            "Is the clip playing forward or in reverse?"
+        )
+        samples.append(make_sample(
+            row, "temporal_direction", ctx, key=f"{start}:{int(is_reversed)}", positions=shown,
+            question=question, choices=choices, answer=answer,
+            answer_struct={"reversed": is_reversed, "index": int(is_reversed)},
+            answer_source="construction",
+        ))
+    return samples

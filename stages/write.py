@@ -1,0 +1,90 @@
+"""Shard writer: each batch of videos -> task-partitioned Parquet shards + video records.
+
+File names are digests of their content's ids, so a retried or resumed batch rewrites the
+same file instead of adding a copy; the run's finalize step removes any remaining overlap.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import S3Config
+from pipeline.schema import SAMPLE_SCHEMA, VIDEO_RECORD_SCHEMA
+from pipeline.storage import get_fs, write_bytes_atomic
+from stages.base import Batch, to_rows
+
+VIDEOS_DIR = "_videos"
+
+
+def digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20]
+
+
+def parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=compression)
+    return sink.getvalue()
+
+
+class ShardWriterStage:
+    """Writes `samples` of each video row; returns one small record per video."""
+
+    name = "write"
+
+    def __init__(self, run_uri: str, run_id: str, config_hash: str, rows_per_file: int,
+                 compression: str = "zstd", s3: S3Config | None = None):
+        self.run_uri, self.run_id, self.config_hash = run_uri, run_id, config_hash
+        self.rows_per_file, self.compression = rows_per_file, compression
+        self.fs, self.root = get_fs(run_uri, s3)
+
+    def _put(self, rel: str, table: pa.Table) -> str:
+        write_bytes_atomic(self.fs, posixpath.join(self.root, rel),
+                           parquet_bytes(table, self.compression))
+        return rel
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = to_rows(batch)
+        by_task: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            for sample in row.get("samples") or []:
+                by_task[sample["task"]].append(sample)
+        shards_of: dict[str, set[str]] = defaultdict(set)
+        for task, samples in sorted(by_task.items()):
+            samples.sort(key=lambda s: s["sample_id"])
+            for start in range(0, len(samples), self.rows_per_file):
+                chunk = samples[start:start + self.rows_per_file]
+                table = pa.Table.from_pylist(chunk, schema=SAMPLE_SCHEMA)
+                rel = self._put(f"task={task}/part-{digest([s['sample_id'] for s in chunk])}.parquet",
+                                table)
+                for s in chunk:
+                    shards_of[s["video_id"]].add(rel)
+        records = [self._record(row, sorted(shards_of.get(row["video_id"], ()))) for row in rows]
+        # The records are written after the shards: a record on disk means its rows are too.
+        table = pa.Table.from_pylist(records, schema=VIDEO_RECORD_SCHEMA)
+        self._put(f"{VIDEOS_DIR}/part-{digest([r['video_id'] for r in records])}.parquet", table)
+        return {name: [r[name] for r in records] for name in VIDEO_RECORD_SCHEMA.names}
+
+    def _record(self, row: dict[str, Any], shards: list[str]) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for sample in row.get("samples") or []:
+            counts[sample["task"]] += 1
+        status = row.get("status") or "ok"
+        return {
+            "video_uri": row["video_uri"],
+            "video_id": row["video_id"],
+            "status": status,
+            "reason": row.get("reason"),
+            "size_bytes": row.get("size_bytes"),
+            "counts_json": json.dumps(dict(sorted(counts.items()))),
+            "errors_json": row.get("errors_json"),
+            "shards": shards,
+            "run_id": self.run_id,
+            "config_hash": self.config_hash,
+        }
