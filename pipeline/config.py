@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class Resources(Strict):
@@ -74,14 +74,30 @@ class UltralyticsConfig(Strict):
     batch: int = Field(16, ge=1, description="Frames per predict call.")
     tracker: Optional[str] = Field(
         "bytetrack.yaml",
-        description="ultralytics tracker config used when sampled frames are dense enough.",
+        description="ultralytics tracker config used when sampled frames are dense enough; "
+        "null = always the pipeline's own association (stages/track.py).",
+    )
+    track_max_gap_s: float = Field(
+        0.2, ge=0,
+        description="The ultralytics tracker runs only when every gap between sampled frames "
+        "is at most this (s); sparser frames use the pipeline's own association.",
     )
 
 
 class MediaPipeConfig(Strict):
-    model_complexity: int = Field(2, ge=0, le=2, description="BlazePose lite/full/heavy.")
-    min_detection_confidence: float = Field(0.5, description="Person detector threshold.")
-    num_poses: int = Field(2, ge=1, description="People detected per frame at most.")
+    task_file: Optional[str] = Field(
+        None,
+        description="A PoseLandmarker .task bundle (e.g. pose_landmarker_heavy.task); null = "
+        "the BlazePose full model that ships in the mediapipe wheel (offline).",
+    )
+    min_detection_confidence: float = Field(
+        0.5, ge=0, le=1, description="Person detector and pose presence threshold."
+    )
+    num_poses: int = Field(
+        2, ge=1,
+        description="People per frame at most; each extra person costs one more pass "
+        "(found people are masked out and the frame is searched again).",
+    )
 
 
 class PoseConfig(Strict):
@@ -122,6 +138,68 @@ class TemporalDirectionConfig(Strict):
     )
 
 
+class SpatialGroundingConfig(Strict):
+    samples_per_video: int = Field(4, ge=0, description="Questions per video at most.")
+    coord_format: Literal["0_1000", "0_1"] = Field(
+        "0_1000",
+        description="Convention of the question/answer text: 0-1000 integers (Qwen2.5-VL "
+        "grounding) or 0-1 fractions; answer_struct is always 0-1 fractions.",
+    )
+    kinds: list[Literal["point", "box"]] = Field(
+        default_factory=lambda: ["point", "box"],
+        description="point = one joint's point; box = a limb's box (shoulder-elbow-wrist, "
+        "hip-knee-ankle).",
+    )
+    edge_margin: float = Field(
+        0.01, ge=0.0, description="Joints closer than this (0-1) to the frame edge get no question."
+    )
+    min_side_separation: float = Field(
+        0.15, ge=0.0,
+        description="A left/right joint is asked only if its other-side twin is confident and "
+        "at least this far (body-size units) away, so the side is unambiguous.",
+    )
+
+
+class BodyPartStateConfig(Strict):
+    samples_per_video: int = Field(4, ge=0, description="Questions per video at most.")
+    max_choices: int = Field(4, ge=2, le=4, description="Options per question at most.")
+    min_choices: int = Field(
+        3, ge=2, le=4, description="Fewer definitely-wrong states than this: no question."
+    )
+    angle_margin: float = Field(
+        10.0, ge=10.0,
+        description="Degrees a joint angle must clear its threshold by (docs/posecodes.md); "
+        "may be raised, not lowered below the documented rule.",
+    )
+    position_margin: float = Field(
+        0.1, ge=0.1,
+        description="Body-size units a position must clear its threshold by; may be raised.",
+    )
+
+
+class MotionCompareConfig(Strict):
+    samples_per_video: int = Field(4, ge=0, description="Questions per video at most.")
+    kinds: list[Literal["most_moved", "up_down", "left_right"]] = Field(
+        default_factory=lambda: ["most_moved", "up_down"],
+        description="Question kinds; left_right asks about IMAGE left/right and says so.",
+    )
+    min_pose_motion: float = Field(
+        0.1, ge=0.0,
+        description="Mean subject keypoint motion (body-size units) the two frames must differ by.",
+    )
+    max_choices: int = Field(4, ge=2, le=9, description="Options of a most-moved question.")
+    direction_margin: float = Field(
+        0.15, ge=0.15,
+        description="Body-size units a part must move along the asked axis (relative to the "
+        "hips and in the image); may be raised.",
+    )
+    most_moved_margin: float = Field(
+        0.2, ge=0.2,
+        description="Body-size units by which the most moved part must beat every other part; "
+        "may be raised.",
+    )
+
+
 class TasksConfig(Strict):
     enabled: list[str] = Field(
         default_factory=lambda: ["temporal_order", "temporal_direction"],
@@ -130,8 +208,68 @@ class TasksConfig(Strict):
     seed: int = Field(0, description="Seed; with video_id it fixes every random choice.")
     temporal_order: TemporalOrderConfig = Field(default_factory=TemporalOrderConfig)
     temporal_direction: TemporalDirectionConfig = Field(default_factory=TemporalDirectionConfig)
+    spatial_grounding: SpatialGroundingConfig = Field(default_factory=SpatialGroundingConfig)
+    body_part_state: BodyPartStateConfig = Field(default_factory=BodyPartStateConfig)
+    motion_compare: MotionCompareConfig = Field(default_factory=MotionCompareConfig)
     version: str = Field("1", description="Bump to regenerate rows after task-logic changes.")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=4))
+
+
+class EndpointConfig(Strict):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible vLLM URL.")
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Served model name.")
+    api_key: Optional[SecretStr] = Field(
+        None, description="API key; null = env OPENAI_API_KEY or 'EMPTY'. Never logged."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(3, ge=0, description="Retries after a timeout, 5xx or invalid JSON.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight per worker.")
+    circuit_breaker: int = Field(
+        5, ge=1, description="Consecutive connection failures after which a worker stops calling."
+    )
+    structured_output: Literal["response_format", "extra_body"] = Field(
+        "response_format",
+        description="How the JSON schema is sent: OpenAI response_format json_schema, or "
+        "vLLM's extra_body structured_outputs.",
+    )
+
+
+class EngineConfig(Strict):
+    model_source: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="HF id or local path.")
+    batch_size: int = Field(16, ge=1, description="Rows per engine batch.")
+    concurrency: int = Field(1, ge=1, description="vLLM engine replicas.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica.")
+    max_model_len: int = Field(8192, description="Context length.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments (passed through)."
+    )
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.2, ge=0, description="Sampling temperature.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling.")
+    max_tokens: int = Field(512, ge=16, description="Completion token cap per request.")
+    seed: int = Field(0, description="Sampling seed (reproducible where the server honours it).")
+
+
+class MLLMConfig(Strict):
+    enabled: bool = Field(False, description="Run the MLLM tasks (needs an endpoint or GPUs).")
+    mode: Literal["endpoint", "engine"] = Field(
+        "endpoint", description="endpoint = `vllm serve` URL; engine = in-cluster ray.data.llm."
+    )
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    image_max_side: int = Field(448, ge=64, description="Images are downscaled to this for the model.")
+    questions_per_video: int = Field(2, ge=1, le=4, description="synthesized_qa questions per video.")
+    min_pose_motion: float = Field(
+        0.15, description="pose_difference frames must differ by this much subject motion."
+    )
+    on_verify_fail: Literal["keep", "drop"] = Field(
+        "keep", description="keep = write rows with verified=false; drop = leave them out (counted)."
+    )
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, batch_size=2))
 
 
 class WriteConfig(Strict):
@@ -163,6 +301,7 @@ class Config(Strict):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     pose: PoseConfig = Field(default_factory=PoseConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    mllm: MLLMConfig = Field(default_factory=MLLMConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -215,8 +354,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 # Keys that change what rows are produced. Resources, paths and Ray settings do not.
-_HASHED_SECTIONS = ("decode", "pose", "tasks", "limits")
-_UNHASHED_KEYS = {"resources", "num_threads", "device", "batch", "half"}
+_HASHED_SECTIONS = ("decode", "pose", "tasks", "limits", "mllm")
+_UNHASHED_KEYS = {"resources", "num_threads", "device", "batch", "half", "base_url", "api_key",
+                  "timeout_s", "max_retries", "backoff_s", "concurrency", "circuit_breaker"}
 
 
 def _strip(tree: Any) -> Any:
@@ -231,6 +371,12 @@ def config_hash(cfg: Config, extra: dict | None = None) -> str:
     from pipeline.schema import SCHEMA_VERSION
 
     tree = {s: _strip(cfg.model_dump(mode="json")[s]) for s in _HASHED_SECTIONS}
+    if cfg.mllm.enabled:
+        from stages.prompts import prompt_versions
+
+        tree["prompts"] = prompt_versions()
+    else:
+        tree["mllm"] = {"enabled": False}  # settings of a disabled MLLM change no rows
     tree["versions"] = {"pipeline": __version__, "schema": SCHEMA_VERSION}
     tree.update(extra or {})
     blob = json.dumps(tree, sort_keys=True).encode()

@@ -14,6 +14,7 @@ from pipeline.config import Config, Resources
 from pipeline.run import Run
 from pipeline.schema import to_arrow
 from stages.decode import DecodeStage
+from stages.mllm import MLLMStage
 from stages.sampling import RunContext
 from stages.tasks import BuildTasksStage
 from stages.write import ShardWriterStage
@@ -27,20 +28,30 @@ class Step:
     drop_after: tuple[str, ...] = ()   # columns no later step needs (less data between stages)
 
 
+# Columns only the stages before the writer need; dropped before the writer (less transfer).
+HEAVY_COLUMNS = ("frames_jpeg", "subject_crops_jpeg", "persons_json")
+
+
 def steps(cfg: Config, run: Run) -> list[Step]:
     ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
-    return [
+    min_score = cfg.pose.min_keypoint_score
+    pipeline = [
         Step(DecodeStage, dict(cfg=cfg.decode, limits=cfg.limits, s3=cfg.s3),
              cfg.decode.resources),
-        Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx,
-                                   min_keypoint_score=cfg.pose.min_keypoint_score),
-             cfg.tasks.resources, drop_after=("frames_jpeg",)),
-        Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
-                                    config_hash=run.config_hash,
-                                    rows_per_file=cfg.write.rows_per_file,
-                                    compression=cfg.write.compression, s3=cfg.s3),
-             cfg.write.resources),
+        Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
+             cfg.tasks.resources),
     ]
+    if cfg.mllm.enabled and cfg.mllm.mode == "endpoint":
+        pipeline.append(Step(MLLMStage, dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=ctx,
+                                             min_keypoint_score=min_score), cfg.mllm.resources))
+    if not (cfg.mllm.enabled and cfg.mllm.mode == "engine"):  # the engine passes need frames
+        pipeline[-1].drop_after = HEAVY_COLUMNS
+    pipeline.append(Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
+                                                config_hash=run.config_hash,
+                                                rows_per_file=cfg.write.rows_per_file,
+                                                compression=cfg.write.compression, s3=cfg.s3),
+                         cfg.write.resources))
+    return pipeline
 
 
 class ArrowAdapter:
@@ -62,6 +73,8 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
 
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
     for step in steps(cfg, run):
+        if step.stage is ShardWriterStage and cfg.mllm.enabled and cfg.mllm.mode == "engine":
+            ds = _engine_passes(cfg, run, ds)
         res = step.resources
         # A subclass per stage so Ray's progress bars and logs name the stage.
         adapter = type(step.stage.__name__, (ArrowAdapter,), {})
@@ -76,6 +89,16 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
             compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=max(pool)),
             memory=int(res.memory_gb * (1 << 30)) if res.memory_gb else None,
         )
+    return ds
+
+
+def _engine_passes(cfg: Config, run: Run, ds):
+    """ray.data.llm processors (GPU vLLM engines) between the last stage and the writer."""
+    from pipeline.llm_engine import build_processors
+
+    ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
+    for processor in build_processors(cfg.mllm, cfg.tasks.enabled, ctx, cfg.pose.min_keypoint_score):
+        ds = processor(ds)
     return ds
 
 

@@ -48,26 +48,32 @@ class RowStage:
         raise NotImplementedError
 
     def __call__(self, batch: Batch) -> Batch:
-        out = []
-        for row in to_rows(batch):
-            if row.get("status") not in (None, "ok"):
-                out.append(row)
-                continue
-            start = time.perf_counter()
-            try:
-                row = self.process(row)
-                row.setdefault("status", "ok")
-                if row["status"] is None:
-                    row["status"] = "ok"
-            except StageError as exc:
-                row["status"], row["reason"] = _failed_status(exc.kind), f"{self.name}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
-                last = traceback.extract_tb(exc.__traceback__)[-1]
-                detail = f"{exc.__class__.__name__}: {str(exc)[:300]} ({last.name}:{last.lineno})"
-                row["status"], row["reason"] = "failed", f"{self.name}: error: {detail}"
-            _add_time(row, self.name, time.perf_counter() - start)
-            out.append(row)
-        return to_batch(out)
+        return to_batch([self.run_row(row) for row in to_rows(batch)])
+
+    def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`process` with failures turned into status/reason, and the time it took."""
+        if row.get("status") not in (None, "ok"):
+            return row
+        start = time.perf_counter()
+        try:
+            row = self.process(row)
+            if row.get("status") is None:
+                row["status"] = "ok"
+        except StageError as exc:
+            row["status"], row["reason"] = _failed_status(exc.kind), f"{self.name}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            detail = f"{exc.__class__.__name__}: {str(exc)[:300]} ({last.name}:{last.lineno})"
+            row["status"], row["reason"] = "failed", f"{self.name}: error: {detail}"
+        _add_time(row, self.name, time.perf_counter() - start)
+        return row
+
+
+def add_error(row: dict[str, Any], task: str, kind: str, detail: str, **extra: Any) -> None:
+    """A non-fatal problem with one task of a video (the video itself stays ok)."""
+    errors = json.loads(row.get("errors_json") or "[]")
+    errors.append({"task": task, "kind": kind, "detail": detail[:300], **extra})
+    row["errors_json"] = json.dumps(errors)
 
 
 def _failed_status(kind: str) -> str:

@@ -140,13 +140,24 @@ class DecodeStage(RowStage):
         return row
 
     def _decode(self, source: Any, idx: np.ndarray, out_w: int, out_h: int):
+        """Decoder-side resize is fastest; decord rejects some sizes, so fall back to cv2."""
         try:
             reader = self._reader(source, width=out_w, height=out_h)
+            return reader.get_batch(idx.tolist()).asnumpy(), self._times(reader, idx)
+        except Exception:  # noqa: BLE001 - retried natively below; a real fault fails there too
+            pass
+        try:
+            reader = self._reader(source)
             frames = reader.get_batch(idx.tolist()).asnumpy()
-            times = reader.get_frame_timestamp(idx.tolist())[:, 0]
+            times = self._times(reader, idx)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[-1][:160]
             raise StageError("truncated_or_corrupt", f"frames cannot be decoded ({msg})") from None
         if frames.shape[0] != len(idx):
             raise StageError("truncated_or_corrupt", f"decoded {frames.shape[0]} of {len(idx)} frames")
-        return frames, times
+        resized = [cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA) for f in frames]
+        return np.stack(resized), times
+
+    @staticmethod
+    def _times(reader, idx: np.ndarray) -> np.ndarray:
+        return reader.get_frame_timestamp(idx.tolist())[:, 0]

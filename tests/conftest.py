@@ -1,0 +1,75 @@
+"""Shared fixtures: the real clips in ../shared/data and one small real run per session."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PROXYQA_SHARED", REPO.parent / "shared")).resolve()
+CLIPS = SHARED / "data" / "clips"
+COCO = SHARED / "data" / "coco_pose"
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".cache" / "ultralytics"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only
+
+
+def pytest_configure(config):
+    if not CLIPS.is_dir():
+        raise pytest.UsageError(f"test clips not found at {CLIPS} (set PROXYQA_SHARED)")
+
+
+@pytest.fixture(scope="session")
+def clips_dir() -> Path:
+    return CLIPS
+
+
+@pytest.fixture(scope="session")
+def coco_dir() -> Path:
+    return COCO
+
+
+def run_cli(config: str | Path, *args: str) -> int:
+    """Runs `proxyqa run` in-process (one Ray instance serves the whole test session)."""
+    from pipeline.cli import main
+
+    return main(["run", "--config", str(config), *args])
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
+    """(rows, manifest, report) of a finished run, read with plain pyarrow."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = []
+    for shard in manifest["shards"]:
+        rows.extend(pq.read_table(run_dir / shard["path"]).to_pylist())
+    return rows, manifest, report
+
+
+def latest_run(output: Path) -> Path:
+    return output / (output / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def small_input(tmp_path_factory, clips_dir) -> Path:
+    """Three real clips (one per source) in a fresh folder."""
+    folder = tmp_path_factory.mktemp("clips")
+    for name in ("kinetics_ta_chi.mp4", "pose2sim_single_cam01.mp4", "decord_flipping_a_pancake.mkv"):
+        shutil.copy(clips_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, small_input) -> Path:
+    """One real pipeline run (local config) over `small_input`; returns the run dir."""
+    out = tmp_path_factory.mktemp("out")
+    code = run_cli(REPO / "configs" / "local.yaml", "--input", str(small_input),
+                   "--output", str(out), "--set", "ray.progress_bars=false")
+    assert code == 0
+    return latest_run(out)
