@@ -7,7 +7,7 @@ import sys
 import time
 
 from pipeline.config import ConfigError, config_hash, describe_fields, load_config
-from pipeline.run import OutputError, commit, open_run, read_video_records
+from pipeline.run import OutputError, commit, open_run, plan_run
 from pipeline.sources import SourceError, list_videos
 
 
@@ -21,8 +21,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run id (default: resume an incomplete run or new)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set decode.num_frames=8")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--incremental", action="store_true",
+                      help="nightly mode: process only videos new or changed since the latest "
+                      "complete run (or done under another config); carry the rest over")
+    mode.add_argument("--full", action="store_true",
+                      help="process every listed video (the default)")
     doc = sub.add_parser("config-doc", help="print every config key with its default")
     doc.add_argument("--markdown", action="store_true")
+    card = sub.add_parser("card", help="write a Markdown dataset card (charts, examples) for a run")
+    card.add_argument("run", help="run dir/URI, or an output root (its latest run)")
+    card.add_argument("--out", help="output folder (default: RUN/card)")
+    card.add_argument("--examples", type=int, default=2, help="example rows per task")
     return parser
 
 
@@ -36,16 +46,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     chash = config_hash(cfg)
     videos = list_videos(cfg)
     run = open_run(cfg, chash, args.run_id)
-    done = {r["video_id"] for r in read_video_records(run)} if run.resumed else set()
-    todo = [v for v in videos if v["video_id"] not in done]
-    print(f"proxyqa: run {run.run_id}: {len(videos)} videos listed, {len(todo)} to process"
-          + (f" (resuming, {len(done)} already done)" if done else ""), flush=True)
+    plan = plan_run(run, videos, incremental=args.incremental and not args.full)
+    print(f"proxyqa: run {run.run_id}: {len(videos)} videos listed, {len(plan.todo)} to process"
+          + (f", {len(plan.carried)} unchanged since run {plan.base.run_id}" if plan.base else "")
+          + (f" (resuming, {len(plan.done)} already done)" if plan.done else ""), flush=True)
 
-    from pipeline.graph import execute
+    if plan.todo:  # nothing to do: no need to start Ray
+        from pipeline.graph import execute
 
-    for _ in execute(cfg, run, todo):
-        pass
-    manifest = commit(run, cfg, videos, [], started, cfg.input or "")
+        for _ in execute(cfg, run, plan.todo):
+            pass
+    manifest = commit(run, cfg, videos, plan, started, cfg.input or "")
     _print_summary(run, manifest)
     return 0
 
@@ -55,6 +66,8 @@ def _print_summary(run, manifest: dict) -> None:
     print(f"\nproxyqa: run {run.run_id} complete in {manifest['wall_s']:.1f}s -> {run.uri}")
     print(f"  videos: {c['videos']}  " + "  ".join(f"{k}={v}" for k, v in c["videos_by_status"].items()))
     print(f"  rows:   {c['rows']}  " + "  ".join(f"{k}={v}" for k, v in c["rows_by_task"].items()))
+    print(f"  {manifest['mode']}: {c['videos_processed']} videos processed, "
+          f"{c['videos_carried']} carried over, {c['rows_written']} rows written")
     for reason, n in c["failures_by_reason"].items():
         print(f"  not ok: {n} x {reason}")
     print(f"  shards: {len(manifest['shards'])} files; report: {run.uri}/report.json")
@@ -77,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "card":
+            from pipeline.card import cmd_card
+
+            return cmd_card(args)
         return cmd_config_doc(args)
     except (ConfigError, SourceError, OutputError) as exc:
         print(f"proxyqa: error: {exc}", file=sys.stderr)

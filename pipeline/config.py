@@ -107,7 +107,10 @@ class PoseConfig(Strict):
     min_keypoint_score: float = Field(0.5, description="Joints below this score give no facts.")
     subject_rule: Literal["largest_area", "most_frames", "center"] = Field(
         "most_frames",
-        description="How the main subject track is chosen (ties broken by mean box area).",
+        description="Main subject track: most_frames = seen in most sampled frames; "
+        "largest_area = largest mean box; center = box centre nearest the frame centre (these "
+        "two among tracks seen in >= half as many frames as the most-seen). Ties: larger mean "
+        "box area.",
     )
     crop_margin: float = Field(0.15, description="Margin around the subject box in crops.")
     ultralytics: UltralyticsConfig = Field(default_factory=UltralyticsConfig)
@@ -151,12 +154,14 @@ class SpatialGroundingConfig(Strict):
         "hip-knee-ankle).",
     )
     edge_margin: float = Field(
-        0.01, ge=0.0, description="Joints closer than this (0-1) to the frame edge get no question."
+        0.01, ge=0.01,
+        description="Joints closer than this (0-1) to the frame edge get no question; may be "
+        "raised, not lowered below the documented rule (docs/posecodes.md).",
     )
     min_side_separation: float = Field(
-        0.15, ge=0.0,
+        0.15, ge=0.15,
         description="A left/right joint is asked only if its other-side twin is confident and "
-        "at least this far (body-size units) away, so the side is unambiguous.",
+        "at least this far (body-size units) away, so the side is unambiguous; may be raised.",
     )
 
 
@@ -228,10 +233,11 @@ class EndpointConfig(Strict):
     circuit_breaker: int = Field(
         5, ge=1, description="Consecutive connection failures after which a worker stops calling."
     )
-    structured_output: Literal["response_format", "extra_body"] = Field(
+    structured_output: Literal["response_format", "extra_body", "none"] = Field(
         "response_format",
-        description="How the JSON schema is sent: OpenAI response_format json_schema, or "
-        "vLLM's extra_body structured_outputs.",
+        description="How the JSON schema is sent: OpenAI response_format json_schema, vLLM's "
+        "extra_body structured_outputs, or none (servers without guided decoding; the "
+        "reply is still parsed strictly).",
     )
 
 

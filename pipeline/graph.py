@@ -15,6 +15,7 @@ from pipeline.run import Run
 from pipeline.schema import to_arrow
 from stages.decode import DecodeStage
 from stages.mllm import MLLMStage
+from stages.pose import PoseStage, check_pose_config
 from stages.sampling import RunContext
 from stages.tasks import BuildTasksStage
 from stages.write import ShardWriterStage
@@ -38,6 +39,11 @@ def steps(cfg: Config, run: Run) -> list[Step]:
     pipeline = [
         Step(DecodeStage, dict(cfg=cfg.decode, limits=cfg.limits, s3=cfg.s3),
              cfg.decode.resources),
+    ]
+    if cfg.pose.backend != "none":
+        check_pose_config(cfg.pose)  # e.g. missing weights: one clear error, not one per video
+        pipeline.append(Step(PoseStage, dict(cfg=cfg.pose), cfg.pose.resources))
+    pipeline += [
         Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
              cfg.tasks.resources),
     ]

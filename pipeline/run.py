@@ -1,15 +1,21 @@
-"""A run's life on storage: pick or resume a run id, then commit it atomically.
+"""A run's life on storage: pick or resume a run id, plan the work, then commit atomically.
 
 Layout (DESIGN.md): OUT/runs/<run_id>/{task=<task>/part-*.parquet, report.json,
-manifest.json}, OUT/ledger/, OUT/latest. A run directory without manifest.json is
-incomplete: readers ignore it and the next run with the same config resumes it.
+manifest.json}, OUT/ledger/<run_id>.parquet, OUT/latest. A run folder without
+manifest.json is incomplete: readers ignore it and the next run with the same config_hash
+resumes it (videos with a record in `_videos/` are not processed again).
+
+Commit order: finalize shards -> report.json -> ledger snapshot -> manifest.json -> latest.
+The manifest is what makes a run complete; `latest` moves only after it. A crash at any
+point leaves either an incomplete run (resumed next time) or a complete run that `latest`
+may not point at yet (the next run simply builds on the previous `latest`).
 """
 from __future__ import annotations
 
 import json
 import posixpath
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +24,10 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.config import Config, public_dump
+from pipeline.ledger import (Base, carry_shards, existing_shards, load_base, plan_carry,
+                             run_key, shard_run_id, write_snapshot)
 from pipeline.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
-from pipeline.storage import get_fs, join, write_bytes_atomic
+from pipeline.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
 from stages.write import VIDEOS_DIR, parquet_bytes
 
 RUN_META = "_run.json"
@@ -58,15 +66,17 @@ def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
     """A new run, or the newest incomplete one with the same config (resume)."""
     try:
         fs, root = get_fs(cfg.output, cfg.s3)
-        fs.makedirs(posixpath.join(root, "runs"), exist_ok=True)
+        ensure_dir(fresh(fs), posixpath.join(root, "runs"))
+        run_id = run_id or cfg.run_id
+        resumed = False
+        if run_id is None:
+            run_id, resumed = _find_resumable(fs, root, config_hash), True
+    except OutputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any storage error means "cannot write here"
-        raise OutputError(f"output {cfg.output} is not usable: {exc}") from None
-    run_id = run_id or cfg.run_id
-    resumed = False
+        raise OutputError(f"output {cfg.output} is not usable: {_one_line(exc)}") from None
     if run_id is None:
-        run_id, resumed = _find_resumable(fs, root, config_hash), True
-    if run_id is None:
-        run_id, resumed = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{config_hash[:8]}", False
+        run_id, resumed = _new_run_id(fs, root, config_hash), False
     run = Run(cfg.output, run_id, config_hash, fs, root)
     if _is_complete(fs, run.path):
         raise OutputError(f"run {run_id} is already complete; choose another run_id")
@@ -81,14 +91,35 @@ def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
             write_bytes_atomic(fs, meta_path, json.dumps(
                 {"run_id": run_id, "config_hash": config_hash, "started_at": _now()}).encode())
         except Exception as exc:  # noqa: BLE001
-            raise OutputError(f"output {cfg.output} is not writable: {exc}") from None
+            raise OutputError(f"output {cfg.output} is not writable: {_one_line(exc)}") from None
     run.resumed = run.resumed or resumed
     return run
 
 
+def _new_run_id(fs, root: str, config_hash: str) -> str:
+    """Time-ordered (resume picks the newest) and unused: back-to-back runs may start
+    within the same second (an incremental run with nothing to do takes well under one)."""
+    while True:
+        now = time.time()
+        run_id = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+                  + f"{int(now * 1000) % 1000:03d}Z-{config_hash[:8]}")
+        if not fs.exists(posixpath.join(root, "runs", run_id)):
+            return run_id
+        time.sleep(0.002)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]
+
+
 def _find_resumable(fs, root: str, config_hash: str) -> str | None:
     runs_dir = posixpath.join(root, "runs")
-    for path in sorted(fs.ls(runs_dir, detail=False), reverse=True):
+    try:
+        entries = fs.ls(runs_dir, detail=False)
+    except FileNotFoundError:  # an S3 prefix with nothing under it yet
+        return None
+    for path in sorted(entries, reverse=True):
         meta = posixpath.join(path, RUN_META)
         if _is_complete(fs, path) or not fs.exists(meta):
             continue
@@ -104,7 +135,7 @@ def _now() -> str:
 def read_video_records(run: Run) -> list[dict]:
     """Records already written for this run (by this or an earlier, interrupted attempt)."""
     records: dict[str, dict] = {}
-    for path in sorted(run.fs.glob(run.p(VIDEOS_DIR, "part-*.parquet"))):
+    for path in sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, "part-*.parquet"))):
         with run.fs.open(path, "rb") as fh:
             for rec in pq.read_table(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist():
                 prev = records.get(rec["video_id"])
@@ -113,29 +144,69 @@ def read_video_records(run: Run) -> list[dict]:
     return list(records.values())
 
 
-def _dedupe_shards(run: Run) -> list[dict]:
-    """Drop sample_ids seen in an earlier shard (at-least-once writes); list the shards."""
+@dataclass
+class Plan:
+    """What this run does: process `todo`, carry `carried` over from `base`."""
+
+    todo: list[dict]
+    done: set[str]                 # video_ids finished by an earlier attempt of this run
+    carried: dict[str, dict]       # video_id -> ledger entry of the base run
+    base: Base | None
+    incremental: bool
+
+
+def plan_run(run: Run, videos: list[dict], incremental: bool) -> Plan:
+    listed = {v["video_id"] for v in videos}
+    done = ({r["video_id"] for r in read_video_records(run)} & listed) if run.resumed else set()
+    base = load_base(run.fs, run.root) if incremental else None
+    carried: dict[str, dict] = {}
+    if base is not None:
+        keys = {k for e in base.entries.values() for k in e["shards"] or []}
+        carried = plan_carry(base, videos, run.config_hash, existing_shards(run.fs, run.root, keys))
+        carried = {vid: e for vid, e in carried.items() if vid not in done}
+    todo = [v for v in videos if v["video_id"] not in done and v["video_id"] not in carried]
+    return Plan(todo, done, carried, base, incremental)
+
+
+def _finalize_own_shards(run: Run, keep_ids: set[str], compression: str,
+                         ) -> tuple[list[dict], dict[str, Counter], dict[str, set]]:
+    """This run's staged shards, in path order, keeping rows of `keep_ids` and the first
+    copy of each sample_id (writes are at-least-once: a retried batch may land twice).
+    -> (shard entries keyed relative to OUT, rows per task per video, shard keys per video).
+    """
     seen: set[str] = set()
-    shards = []
-    for path in sorted(run.fs.glob(run.p("task=*", "part-*.parquet"))):
+    shards: list[dict] = []
+    rows_of: dict[str, Counter] = defaultdict(Counter)
+    shards_of: dict[str, set] = defaultdict(set)
+    for path in sorted(fresh(run.fs).glob(run.p("task=*", "part-*.parquet"))):
         with run.fs.open(path, "rb") as fh:
-            ids = pq.read_table(fh, columns=["sample_id"]).column("sample_id").to_pylist()
-        dup = [i for i in ids if i in seen]
-        if dup:
+            cols = pq.read_table(fh, columns=["sample_id", "video_id"])
+        sids, vids = cols.column("sample_id").to_pylist(), cols.column("video_id").to_pylist()
+        keep = []
+        for sid, vid in zip(sids, vids):
+            ok = sid not in seen and vid in keep_ids
+            keep.append(ok)
+            if ok:
+                seen.add(sid)
+        if all(keep):
+            size = run.fs.size(path)
+        else:
             with run.fs.open(path, "rb") as fh:
-                table = pq.read_table(fh)
-            keep = pa.array([i not in seen for i in ids])
-            table = table.filter(keep)
+                table = pq.read_table(fh).filter(pa.array(keep))
             if table.num_rows == 0:
                 run.fs.rm(path)
                 continue
-            write_bytes_atomic(run.fs, path, parquet_bytes(table, "zstd"))
-            ids = table.column("sample_id").to_pylist()
-        seen.update(ids)
-        rel = posixpath.relpath(path, run.path)
-        shards.append({"path": rel, "task": rel.split("/")[0].split("=", 1)[1],
-                       "rows": len(ids), "bytes": run.fs.size(path)})
-    return shards
+            data = parquet_bytes(table, compression)
+            write_bytes_atomic(run.fs, path, data)
+            size = len(data)
+        key = posixpath.relpath(path, run.root)
+        task = posixpath.basename(posixpath.dirname(key)).split("=", 1)[1]
+        kept_vids = [v for v, k in zip(vids, keep) if k]
+        for vid in kept_vids:
+            rows_of[vid][task] += 1
+            shards_of[vid].add(key)
+        shards.append({"key": key, "task": task, "rows": len(kept_vids), "bytes": size})
+    return shards, rows_of, shards_of
 
 
 def reason_kind(reason: str | None) -> str:
@@ -145,22 +216,55 @@ def reason_kind(reason: str | None) -> str:
     return ": ".join(reason.split(": ")[:2])
 
 
-def commit(run: Run, cfg: Config, listed: list[dict], extra_records: list[dict],
-           started: float, input_uri: str) -> dict[str, Any]:
-    """Finalize: dedupe shards, write report.json, then manifest.json, ledger, latest."""
-    records = {r["video_id"]: r for r in read_video_records(run)}
-    for rec in extra_records:  # e.g. videos skipped by the incremental ledger
-        records.setdefault(rec["video_id"], rec)
-    videos = []
+def _carried_reason(entry: dict) -> str:
+    if entry["status"] == "ok":
+        return f"incremental: unchanged: rows from run {entry['done_run_id']}"
+    return f"incremental: unchanged: skipped in run {entry['done_run_id']} ({entry.get('reason')})"
+
+
+def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float,
+           input_uri: str) -> dict[str, Any]:
+    """Finalize shards, write report.json, the ledger snapshot, manifest.json, then latest."""
+    listed_ids = {v["video_id"] for v in listed}
+    records = {r["video_id"]: r for r in read_video_records(run) if r["video_id"] in listed_ids}
+    carried = {vid: e for vid, e in plan.carried.items() if vid not in records}
+
+    compression = cfg.write.compression
+    own_shards, own_rows, own_shard_keys = _finalize_own_shards(run, set(records), compression)
+    # Identical clips share sample_ids: where this run wrote rows for a content, its rows
+    # win and the carried copies are dropped, so no sample_id is listed twice.
+    own_content = {records[v]["content_id"] for v in own_rows if records[v].get("content_id")}
+    drop = {vid for vid, e in carried.items() if e["content_id"] in own_content}
+    carried_shards, carried = (carry_shards(run.fs, run.root, run.run_id, plan.base, carried, drop,
+                                            compression) if carried else ([], {}))
+
+    videos, entries = [], []
     for item in listed:
-        rec = records.get(item["video_id"]) or {
-            "status": "failed", "reason": "pipeline: lost: no record was written", "counts_json": "{}"}
+        vid = item["video_id"]
+        if vid in carried:
+            entry = carried[vid]
+            videos.append({"uri": item["video_uri"], "video_id": vid, "status": "skipped",
+                           "reason": _carried_reason(entry),
+                           "rows": json.loads(entry["rows_json"] or "{}"), "errors": [],
+                           "carried_from": entry["done_run_id"]})
+            entries.append(entry)
+            continue
+        rec = records.get(vid) or {
+            "status": "failed", "reason": "pipeline: lost: no record was written",
+            "counts_json": "{}", "content_id": None}
         videos.append({
-            "uri": item["video_uri"], "video_id": item["video_id"], "status": rec["status"],
+            "uri": item["video_uri"], "video_id": vid, "status": rec["status"],
             "reason": rec.get("reason"), "rows": json.loads(rec.get("counts_json") or "{}"),
             "errors": json.loads(rec.get("errors_json") or "[]"),
         })
-    shards = _dedupe_shards(run)
+        entries.append({
+            "video_id": vid, "content_id": rec.get("content_id"), "video_uri": item["video_uri"],
+            "config_hash": run.config_hash, "status": rec["status"], "reason": rec.get("reason"),
+            "rows_json": json.dumps(dict(sorted(own_rows.get(vid, Counter()).items()))),
+            "shards": sorted(own_shard_keys.get(vid, ())), "done_run_id": run.run_id,
+        })
+
+    shards = own_shards + carried_shards
     rows = Counter()
     for shard in shards:
         rows[shard["task"]] += shard["rows"]
@@ -168,13 +272,19 @@ def commit(run: Run, cfg: Config, listed: list[dict], extra_records: list[dict],
     counts = {
         "videos": len(videos),
         "videos_by_status": dict(sorted(status_counts.items())),
+        "videos_processed": len(listed_ids & set(records)),
+        "videos_carried": len(carried),
         "rows": sum(rows.values()),
         "rows_by_task": dict(sorted(rows.items())),
-        "failures_by_reason": dict(sorted(Counter(
-            reason_kind(v["reason"]) for v in videos if v["status"] != "ok").items())),
+        "rows_written": sum(s["rows"] for s in own_shards),
+        "failures_by_reason": dict(sorted(Counter(  # carried videos are counted above
+            reason_kind(v["reason"]) for v in videos
+            if v["status"] != "ok" and "carried_from" not in v).items())),
     }
     report = {"run_id": run.run_id, "videos": videos, "counts": counts}
     write_bytes_atomic(run.fs, run.p("report.json"), json.dumps(report, indent=1).encode())
+    ledger_key = write_snapshot(run.fs, run.root, run.run_id, entries)
+    here = run_key(run.run_id)
     manifest = {
         "run_id": run.run_id,
         "complete": True,
@@ -182,11 +292,19 @@ def commit(run: Run, cfg: Config, listed: list[dict], extra_records: list[dict],
         "completed_at": _now(),
         "wall_s": round(time.time() - started, 2),
         "input": input_uri,
+        "mode": "incremental" if plan.incremental else "full",
+        "base_run_id": plan.base.run_id if plan.base else None,
         "config_hash": run.config_hash,
         "config": public_dump(cfg),
         "versions": _versions(),
         "counts": counts,
-        "shards": shards,
+        # Paths are relative to this run's folder; carried shards of earlier runs read
+        # '../<run_id>/task=...'. Every listed file is part of the dataset, whole.
+        "shards": [{"path": posixpath.relpath(s["key"], here), "task": s["task"],
+                    "rows": s["rows"], "bytes": s["bytes"], "run_id": shard_run_id(s["key"])}
+                   for s in shards],
+        "depends_on_runs": sorted({shard_run_id(s["key"]) for s in shards} - {run.run_id}),
+        "ledger": ledger_key,
         "resumed": run.resumed,
     }
     # manifest.json last: its presence is what makes the run complete.
@@ -212,6 +330,6 @@ def latest_run_uri(output: str, s3=None) -> str | None:
     """The last complete run under `output`, or None."""
     fs, root = get_fs(output, s3)
     path = posixpath.join(root, "latest")
-    if not fs.exists(path):
+    if not fresh(fs).exists(path):
         return None
     return join(output, fs.cat_file(path).decode().strip())

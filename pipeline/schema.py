@@ -87,6 +87,7 @@ VIDEO_COLUMN_TYPES: dict[str, pa.DataType] = {
 VIDEO_RECORD_SCHEMA = pa.schema([
     ("video_uri", pa.string()),
     ("video_id", pa.string()),
+    ("content_id", pa.string()),             # fingerprint of the bytes (ledger, dedupe)
     ("status", pa.string()),
     ("reason", pa.string()),
     ("size_bytes", pa.int64()),

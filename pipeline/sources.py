@@ -9,7 +9,7 @@ import os
 from typing import Iterable
 
 from pipeline.config import Config
-from pipeline.storage import full_uri, get_fs
+from pipeline.storage import fresh, fs_is_s3, full_uri, get_fs
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 
@@ -60,18 +60,21 @@ def _stat(fs, path: str) -> tuple[dict | None, str | None]:
         return None, f"unreadable: {exc.__class__.__name__}"
 
 
-def _list_folder(fs, root: str, exts: tuple[str, ...]) -> Iterable[str]:
-    if not full_uri(fs, root).startswith("s3://"):
+def _list_folder(fs, root: str, exts: tuple[str, ...]) -> Iterable[tuple[str, dict | None]]:
+    """(path, info or None) of every entry named like a video under `root`."""
+    if not fs_is_s3(fs):
         # os.walk sees dangling symlinks and directories named like videos; fs.find hides them.
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames + dirnames):
                 if name.lower().endswith(exts):
-                    yield os.path.join(dirpath, name)
+                    yield os.path.join(dirpath, name), None
         return
-    for path in sorted(fs.find(root, withdirs=True)):
+    # One paginated LIST gives size and ETag of every object: no HEAD request per video.
+    found = fresh(fs).find(root, withdirs=True, detail=True)
+    for path in sorted(found):
         if path.lower().endswith(exts):
-            yield path
+            yield path, found[path]
 
 
 def _read_manifest(fs, path: str) -> list[str]:
@@ -109,6 +112,7 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
     if not uri:
         raise SourceError("no input given (--input or `input:` in the config)")
     fs, path = get_fs(uri, cfg.s3)
+    fresh(fs)  # a long-lived process (tests, notebooks) must see objects added since
     exts = tuple(e.lower() for e in cfg.video_extensions)
     try:
         is_dir = fs.isdir(path)
@@ -118,7 +122,7 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
     if not exists:
         raise SourceError(f"input not found: {uri}")
     if is_dir:
-        paths = list(_list_folder(fs, path, exts))
+        entries = list(_list_folder(fs, path, exts))
     elif path.lower().endswith(MANIFEST_SUFFIXES):
         records = []
         for item in _read_manifest(fs, path):
@@ -127,10 +131,12 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
             records.append(_record(full_uri(item_fs, item_path), info, err))
         return _dedupe(records)
     else:
-        paths = [path]
+        entries = [(path, None)]
     records = []
-    for p in paths:
-        info, err = _stat(fs, p)
+    for p, info in entries:
+        err = None
+        if info is None:
+            info, err = _stat(fs, p)
         records.append(_record(full_uri(fs, p), info, err))
     return _dedupe(records)
 

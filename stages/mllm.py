@@ -247,6 +247,8 @@ class EndpointClient:
 
     def _structured(self, task: str) -> dict[str, Any]:
         schema = json_schema(task)
+        if self.cfg.endpoint.structured_output == "none":
+            return {}
         if self.cfg.endpoint.structured_output == "extra_body":
             return {"extra_body": {"structured_outputs": {"json": schema}}}
         return {"response_format": {"type": "json_schema",

@@ -6,7 +6,7 @@ from typing import Any
 from pipeline.config import TasksConfig
 from stages.base import RowStage
 from stages.sampling import RunContext
-from stages import tasks_temporal
+from stages import tasks_motion, tasks_spatial, tasks_temporal
 
 # Tasks whose rows come from other stages (the MLLM stage) rather than a builder here.
 MLLM_TASKS = {"pose_description", "pose_difference", "synthesized_qa"}
@@ -40,15 +40,34 @@ class BuildTasksStage(RowStage):
 
 
 def _temporal_order(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    # With a subject, frames adjacent in time must also differ by pose motion.
+    guard = tasks_motion.row_pose_motion(stage.min_score) if row.get("subject_json") else None
     return tasks_temporal.temporal_order(row, stage.cfg.temporal_order, stage.ctx, thumbs,
-                                         pose_motion=None)
+                                         pose_motion=guard)
 
 
 def _temporal_direction(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
     return tasks_temporal.temporal_direction(row, stage.cfg.temporal_direction, stage.ctx, thumbs)
 
 
+def _spatial_grounding(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_spatial.spatial_grounding(row, stage.cfg.spatial_grounding, stage.ctx,
+                                           stage.min_score)
+
+
+def _body_part_state(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_spatial.body_part_state(row, stage.cfg.body_part_state, stage.ctx,
+                                         stage.min_score)
+
+
+def _motion_compare(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_motion.motion_compare(row, stage.cfg.motion_compare, stage.ctx, stage.min_score)
+
+
 BUILDERS = {
     "temporal_order": _temporal_order,
     "temporal_direction": _temporal_direction,
+    "spatial_grounding": _spatial_grounding,
+    "body_part_state": _body_part_state,
+    "motion_compare": _motion_compare,
 }

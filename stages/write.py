@@ -79,6 +79,7 @@ class ShardWriterStage:
         return {
             "video_uri": row["video_uri"],
             "video_id": row["video_id"],
+            "content_id": row.get("content_id"),
             "status": status,
             "reason": row.get("reason"),
             "size_bytes": row.get("size_bytes"),

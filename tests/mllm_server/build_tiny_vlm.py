@@ -7,10 +7,13 @@ is used), unlike Qwen2-VL. Sizes are the smallest vLLM's CPU backend accepts
 (attention head_dim 64). Deterministic: fixed seed, locally trained tokenizer.
 
 JSON closing: random weights never end a JSON value on their own, so the output
-head is rigged to act as a fixed logit bias (see ``_add_logit_bias``): tokens made
-only of JSON-closing characters (``"``, ``}``, ``]``) get +CLOSE_BIAS and ``,`` gets
-+COMMA_BIAS. Inside a grammar this closes strings/arrays/objects within a few
-tokens; without a grammar the output is still garbage (not JSON).
+head is rigged to act as a fixed logit bias (see ``_add_logit_bias``) on top of
+random logits (std ~1): tokens that close a string (``"``, ``"}`` ...) get
++QUOTE_BIAS, other closers (``}``, ``]``, ``]}``...) +CLOSE_BIAS, ``,`` +COMMA_BIAS,
+digit-only tokens DIGIT_BIAS (so unbounded numbers end).
+Under a JSON grammar, greedy decoding then yields minimal JSON (empty strings,
+short numbers) and sampling closes each string with p~0.8 per token; without a
+grammar the output is garbage, e.g. a run of quote characters (never valid JSON).
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ IMAGE_SIZE = 112  # vision tower input; images are resized to this, never split
 PATCH_SIZE = 14
 SCALE_FACTOR = 2  # pixel-shuffle factor of the Idefics3 connector
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 16 tokens / image
-CLOSE_BIAS = 8.0  # logit bias of '"', '}', ']' (and merges of only those chars)
-COMMA_BIAS = 4.0  # below CLOSE_BIAS so arrays/strings still close first
+# Ordered so a string closes before '}' / ']' (which are valid string chars) win,
+# and an array/object closes before ',' opens another item.
+QUOTE_BIAS = 10.0
+CLOSE_BIAS = 6.0
+COMMA_BIAS = 5.0
+DIGIT_BIAS = -3.0  # digit-only tokens: keeps unbounded integers short (',' wins soon)
+RANDOM_LOGIT_STD = 1.0
 
 BOS, EOS, PAD = "<|im_start|>", "<end_of_utterance>", "<pad>"
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>"] + [
@@ -159,16 +167,18 @@ def _add_logit_bias(model: Idefics3ForConditionalGeneration, tokenizer: PreTrain
         layer.mlp.down_proj.weight[d].zero_()
     text.embed_tokens.weight[:, d] = 1.0  # other dims are ~N(0, 0.02)
     text.norm.weight[d] = 1.0
-    # Random part of the logits with std ~1, so free text varies between tokens.
-    lm_head.normal_(0.0, 1.0 / hidden**0.5 * 4)
+    # Random part of the logits (measured std ~RANDOM_LOGIT_STD), so free text varies.
+    lm_head.normal_(0.0, 2.0 * RANDOM_LOGIT_STD / hidden**0.5)
     normed_d = hidden**0.5  # value of dim d after RMSNorm when it dominates
     bias = torch.zeros(lm_head.shape[0])
     for token_id in range(len(tokenizer)):
         text_of = tokenizer.decode([token_id])
         if text_of and set(text_of) <= set('"}]'):
-            bias[token_id] = CLOSE_BIAS
+            bias[token_id] = QUOTE_BIAS if text_of.startswith('"') else CLOSE_BIAS
         elif text_of == ",":
             bias[token_id] = COMMA_BIAS
+        elif text_of.strip().isdigit():
+            bias[token_id] = DIGIT_BIAS
     lm_head[:, d] = bias / normed_d
 
 
@@ -204,6 +214,12 @@ def main() -> None:
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # save_pretrained records the torchvision class name; name the PIL one so loading
+    # needs no torchvision and logs no fallback warning.
+    proc_cfg = out / "processor_config.json"
+    cfg = json.loads(proc_cfg.read_text())
+    cfg["image_processor"]["image_processor_type"] = "Idefics3ImageProcessorPil"
+    proc_cfg.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny Idefics3 saved to {out} ({n_params / 1e6:.2f}M params, vocab {len(tokenizer)})")
 

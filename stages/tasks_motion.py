@@ -1,0 +1,115 @@
+"""motion_compare (two frames, answered by posecodes) and temporal_order's pose-motion guard."""
+from __future__ import annotations
+
+from typing import Optional
+
+from pipeline.config import MotionCompareConfig
+from stages import posecodes as pc
+from stages.sampling import RunContext, make_sample, rng_for
+from stages.tasks_spatial import (box_note, part_words, side_note, subject_frames, subject_of,
+                                  subject_phrase)
+
+MAX_PAIRS = 64   # frame pairs examined per video at most
+
+AXES = {"up_down": ("vertical", ["up", "down"]), "left_right": ("horizontal", ["left", "right"])}
+
+
+def row_pose_motion(min_score: float):
+    """The temporal_order guard: (row, pos_a, pos_b) -> subject pose motion or None."""
+    def motion(row: dict, pos_a: int, pos_b: int) -> Optional[float]:
+        subject = subject_of(row)
+        if subject is None:
+            return None
+        ka, kb = subject["keypoints"][pos_a], subject["keypoints"][pos_b]
+        if ka is None or kb is None:
+            return None
+        return pc.pose_motion(ka, kb, int(row["width"]), int(row["height"]), min_score)
+    return motion
+
+
+def motion_rules(cfg: MotionCompareConfig) -> pc.Rules:
+    return pc.Rules(direction_margin=cfg.direction_margin, most_moved_margin=cfg.most_moved_margin)
+
+
+def _intro(who: tuple[str, bool]) -> str:
+    return (f"Image 1 and Image 2 are two frames of one video; Image 1 was taken first. "
+            f"Look at {who[0]}.{box_note(who[1])}")
+
+
+def _most_moved(motion: dict, rules: pc.Rules, cfg: MotionCompareConfig, rng,
+                who: tuple[str, bool]):
+    top = pc.most_moved(motion, rules)
+    if top is None:
+        return None
+    others = [p for p in motion if p != top]
+    n_other = min(cfg.max_choices - 1, len(others))
+    parts = [top] + [others[i] for i in sorted(rng.choice(len(others), n_other, replace=False))]
+    parts = [parts[i] for i in rng.permutation(len(parts))]
+    question = (f"{_intro(who)} Relative to the person's hips, which of these body parts moved "
+                "the most from Image 1 to Image 2? Left and right mean the person's own left "
+                "and right, not the viewer's. Answer with the option's text.")
+    return (f"most_moved:{top}", question, [part_words(p) for p in parts], part_words(top),
+            {"most_moved": top, "index": parts.index(top)})
+
+
+def _direction(kind: str, motion: dict, rng, who: tuple[str, bool], asked: set[str]):
+    attr, choices = AXES[kind]
+    parts = [p for p, m in motion.items() if getattr(m, attr) is not None]
+    if not parts:
+        return None
+    fresh = [p for p in parts if f"{kind}:{p}" not in asked]   # vary the parts asked about
+    parts = fresh or parts
+    part = parts[int(rng.integers(len(parts)))]
+    direction = getattr(motion[part], attr)
+    if kind == "up_down":
+        ask = "move up or down in the image (and relative to the hips)"
+    else:
+        ask = ("move toward the left or the right side of the image (the viewer's left/right, "
+               "also relative to the hips)")
+    question = (f"{_intro(who)} From Image 1 to Image 2, did the person's {part_words(part)} "
+                f"{ask}?{side_note(part)} Answer with one word: {choices[0]} or {choices[1]}.")
+    return (f"{kind}:{part}", question, choices, direction,
+            {"part": part, "direction": direction, "index": choices.index(direction)})
+
+
+def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
+                   min_score: float) -> list[dict]:
+    subject = subject_of(row)
+    if subject is None or cfg.samples_per_video == 0 or not cfg.kinds:
+        return []
+    w, h = int(row["width"]), int(row["height"])
+    kps, ts = subject["keypoints"], row["timestamps"]
+    frames = subject_frames(subject)
+    pairs = [(a, b) for i, a in enumerate(frames) for b in frames[i + 1:] if ts[b] > ts[a]]
+    rng = rng_for(row, "motion_compare", ctx.seed)
+    rules = motion_rules(cfg)
+    first_kind = int(rng.integers(len(cfg.kinds)))
+    samples, asked = [], set()
+    for idx in rng.permutation(len(pairs))[:MAX_PAIRS]:
+        if len(samples) >= cfg.samples_per_video:
+            break
+        a, b = pairs[idx]
+        moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
+        if moved is None or moved < cfg.min_pose_motion:
+            continue
+        motion = pc.joint_motion(kps[a], kps[b], w, h, min_score, rules)
+        who = subject_phrase(row, subject, [a, b], "0_1000")
+        # Rotate the preferred question kind so a video's questions are mixed.
+        start = first_kind + len(samples)
+        built = None
+        for j in range(len(cfg.kinds)):
+            kind = cfg.kinds[(start + j) % len(cfg.kinds)]
+            built = (_most_moved(motion, rules, cfg, rng, who) if kind == "most_moved"
+                     else _direction(kind, motion, rng, who, asked))
+            if built is not None:
+                break
+        if built is None:
+            continue
+        key, question, choices, answer, struct = built
+        asked.add(key)
+        samples.append(make_sample(
+            row, "motion_compare", ctx, key=f"{a},{b}:{key}", positions=[a, b],
+            question=question, choices=choices, answer=answer, answer_struct=struct,
+            answer_source="geometry",
+        ))
+    return samples

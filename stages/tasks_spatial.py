@@ -1,0 +1,210 @@
+"""Spatial proxy tasks answered by geometry: spatial_grounding and body_part_state.
+
+Both use one frame and the subject's keypoints in it (stages/posecodes.py, docs/posecodes.md).
+Left/right are the person's own; with several people the subject is named by its box.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from pipeline.config import BodyPartStateConfig, SpatialGroundingConfig
+from stages import posecodes as pc
+from stages.sampling import RunContext, make_sample, rng_for, union_box
+
+Candidate = tuple[int, str, dict[str, Any]]   # (frame position, diversity key, payload)
+
+
+# --- helpers shared with tasks_motion ---------------------------------------------------
+
+def subject_of(row: dict) -> Optional[dict]:
+    """The subject track (pose stage output), or None when the row has none."""
+    text = row.get("subject_json")
+    if not text:
+        return None
+    subject = json.loads(text)
+    if not subject.get("keypoints"):
+        return None
+    # Rows store keypoints as float32: decide on exactly the values a checker will read.
+    subject["keypoints"] = [None if k is None else np.asarray(k, np.float32).astype(float).tolist()
+                            for k in subject["keypoints"]]
+    return subject
+
+
+def subject_frames(subject: dict) -> list[int]:
+    """Sampled-frame positions where the subject has both keypoints and a box."""
+    boxes = subject.get("boxes") or []
+    return [p for p, k in enumerate(subject["keypoints"])
+            if k is not None and p < len(boxes) and boxes[p] is not None]
+
+
+def _count_people(entry: Any) -> int:
+    if isinstance(entry, list):
+        return len(entry)
+    if isinstance(entry, dict):
+        for key in ("persons", "people", "boxes"):
+            if isinstance(entry.get(key), list):
+                return len(entry[key])
+    return 1
+
+
+def people_in_frames(row: dict, positions: Sequence[int]) -> int:
+    """Most people detected in any of the given frames (1 when the row has no persons_json)."""
+    text = row.get("persons_json")
+    if not text:
+        return 1
+    persons = json.loads(text)
+    if isinstance(persons, dict):
+        persons = persons.get("frames", [])
+    counts = [_count_people(persons[p]) for p in positions if p < len(persons)]
+    return max(counts, default=1)
+
+
+def fmt_coords(values: Sequence[float], coord_format: str) -> str:
+    if coord_format == "0_1000":
+        return "[" + ", ".join(str(int(round(v * 1000))) for v in values) + "]"
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def coord_words(coord_format: str) -> str:
+    if coord_format == "0_1000":
+        return ("integers from 0 to 1000 across the image's width and height, "
+                "from its top-left corner")
+    return "fractions from 0 to 1 of the image's width and height, from its top-left corner"
+
+
+def subject_phrase(row: dict, subject: dict, positions: Sequence[int],
+                   coord_format: str) -> tuple[str, bool]:
+    """('the person', False), or the person named by its box in the shown frames, True."""
+    if people_in_frames(row, positions) <= 1:
+        return "the person", False
+    box = union_box([subject["boxes"][p] for p in positions])
+    return f"the person in the box {fmt_coords(box, coord_format)}", True
+
+
+def box_note(named: bool, coord_format: str = "0_1000") -> str:
+    return f" Box coordinates are {coord_words(coord_format)}." if named else ""
+
+
+def part_words(part: str) -> str:
+    return part.replace("_", " ")
+
+
+def side_note(part: str) -> str:
+    for side in ("left", "right"):
+        if part.startswith(side + "_"):
+            return f" {side.capitalize()} means the person's own {side}, not the viewer's."
+    return ""
+
+
+def pick_diverse(candidates: list[Candidate], k: int, rng: np.random.Generator) -> list[Candidate]:
+    """k candidates in random order, preferring unseen keys, then unseen frames."""
+    order = [candidates[i] for i in rng.permutation(len(candidates))]
+    chosen: list[Candidate] = []
+    keys: set[str] = set()
+    frames: set[int] = set()
+    for strict_key, strict_frame in ((True, True), (True, False), (False, False)):
+        for cand in order:
+            if len(chosen) >= k:
+                return chosen
+            if cand in chosen or (strict_key and cand[1] in keys) or (
+                    strict_frame and cand[0] in frames):
+                continue
+            chosen.append(cand)
+            keys.add(cand[1])
+            frames.add(cand[0])
+    return chosen
+
+
+# --- spatial_grounding --------------------------------------------------------------------
+
+def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
+                      min_score: float) -> list[dict]:
+    subject = subject_of(row)
+    if subject is None or cfg.samples_per_video == 0:
+        return []
+    w, h = int(row["width"]), int(row["height"])
+    cands: list[Candidate] = []
+    for pos in subject_frames(subject):
+        kps = subject["keypoints"][pos]
+        if "point" in cfg.kinds:
+            for joint in pc.GROUND_JOINTS:
+                pt = pc.joint_point(kps, w, h, joint, min_score, cfg.edge_margin,
+                                    cfg.min_side_separation)
+                if pt is not None:
+                    cands.append((pos, joint, {"part": joint, "point": pt}))
+        if "box" in cfg.kinds:
+            for limb in pc.LIMBS:
+                box = pc.limb_box(kps, w, h, limb, min_score, cfg.edge_margin,
+                                  cfg.min_side_separation)
+                if box is not None:
+                    cands.append((pos, limb, {"part": limb, "box": box}))
+    rng = rng_for(row, "spatial_grounding", ctx.seed)
+    samples = []
+    for pos, part, struct in pick_diverse(cands, cfg.samples_per_video, rng):
+        who, named = subject_phrase(row, subject, [pos], cfg.coord_format)
+        conv = coord_words(cfg.coord_format)
+        where = "the box and your answer" if named else "your answer"
+        if "point" in struct:
+            values = struct["point"]
+            ask = (f"Where is the {part_words(part)} of {who}? Answer with its point [x, y].")
+        else:
+            values = struct["box"]
+            joints = ", ".join(part_words(j).split(" ", 1)[1] for j in pc.LIMBS[part])
+            ask = (f"Where is the {part_words(part)} ({joints}) of {who}? Answer with its "
+                   "bounding box [x1, y1, x2, y2].")
+        ask += f" Coordinates in {where} are {conv}."
+        key = "point" if "point" in struct else "box"
+        struct = {"part": part, key: [round(v, 5) for v in values]}
+        samples.append(make_sample(
+            row, "spatial_grounding", ctx, key=f"{pos}:{part}", positions=[pos],
+            question=ask + side_note(part), answer=fmt_coords(values, cfg.coord_format),
+            answer_struct=struct, answer_source="geometry",
+        ))
+    return samples
+
+
+# --- body_part_state ----------------------------------------------------------------------
+
+def state_rules(cfg: BodyPartStateConfig) -> pc.Rules:
+    return pc.Rules(angle_margin=cfg.angle_margin, position_margin=cfg.position_margin)
+
+
+def body_part_state(row: dict, cfg: BodyPartStateConfig, ctx: RunContext,
+                    min_score: float) -> list[dict]:
+    subject = subject_of(row)
+    if subject is None or cfg.samples_per_video == 0:
+        return []
+    w, h = int(row["width"]), int(row["height"])
+    rules = state_rules(cfg)
+    cands: list[Candidate] = []
+    for pos in subject_frames(subject):
+        truths = pc.state_truths(subject["keypoints"][pos], w, h, min_score, rules)
+        for part, states in truths.items():
+            true = [s for s, v in states.items() if v is True]
+            false = [s for s, v in states.items() if v is False]
+            if len(true) == 1 and len(false) + 1 >= cfg.min_choices:
+                kind = part.split("_")[-1]   # arm / leg / torso: balance states across sides
+                cands.append((pos, f"{kind}:{true[0]}", {"part": part, "state": true[0],
+                                                         "wrong": false}))
+    rng = rng_for(row, "body_part_state", ctx.seed)
+    samples = []
+    for pos, _, c in pick_diverse(cands, cfg.samples_per_video, rng):
+        n_wrong = min(cfg.max_choices - 1, len(c["wrong"]))
+        wrong = [c["wrong"][i] for i in sorted(rng.choice(len(c["wrong"]), n_wrong, replace=False))]
+        choices = [c["state"], *wrong]
+        choices = [choices[i] for i in rng.permutation(len(choices))]
+        index = choices.index(c["state"])
+        who, named = subject_phrase(row, subject, [pos], "0_1000")
+        part = c["part"]
+        question = (f"Which option best describes the {part_words(part)} of {who}?"
+                    f"{box_note(named)}{side_note(part)} Answer with the option's text.")
+        samples.append(make_sample(
+            row, "body_part_state", ctx, key=f"{pos}:{part}", positions=[pos],
+            question=question, choices=choices, answer=c["state"],
+            answer_struct={"part": part, "state": c["state"], "index": index},
+            answer_source="geometry",
+        ))
+    return samples

