@@ -70,6 +70,8 @@ def _print_summary(run, manifest: dict) -> None:
           f"{c['videos_carried']} carried over, {c['rows_written']} rows written")
     for reason, n in c["failures_by_reason"].items():
         print(f"  not ok: {n} x {reason}")
+    for kind, n in c.get("task_errors_by_kind", {}).items():
+        print(f"  task errors: {n} x {kind}")
     print(f"  shards: {len(manifest['shards'])} files; report: {run.uri}/report.json")
 
 

@@ -280,6 +280,10 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "failures_by_reason": dict(sorted(Counter(  # carried videos are counted above
             reason_kind(v["reason"]) for v in videos
             if v["status"] != "ok" and "carried_from" not in v).items())),
+        # Non-fatal per-task problems of ok videos (MLLM retries exhausted, no subject, ...).
+        "task_errors_by_kind": dict(sorted(Counter(
+            f"{e.get('task') or e.get('stage')}: {e['kind']}" for v in videos
+            for e in v.get("errors") or []).items())),
     }
     report = {"run_id": run.run_id, "videos": videos, "counts": counts}
     write_bytes_atomic(run.fs, run.p("report.json"), json.dumps(report, indent=1).encode())

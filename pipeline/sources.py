@@ -45,7 +45,7 @@ def _record(uri: str, info: dict | None, error: str | None = None) -> dict:
     if error:
         rec["status"], rec["reason"] = "failed", error
     elif info is not None and info.get("type") == "directory":
-        rec["status"], rec["reason"] = "failed", "not_a_file: a directory named like a video"
+        rec["status"], rec["reason"] = "failed", "listing: not_a_file: a directory named like a video"
     return rec
 
 
@@ -54,10 +54,10 @@ def _stat(fs, path: str) -> tuple[dict | None, str | None]:
         return fs.info(path), None
     except FileNotFoundError:
         if os.path.islink(path):
-            return None, "missing: dangling symlink"
-        return None, "missing: file not found"
+            return None, "listing: missing: dangling symlink"
+        return None, "listing: missing: file not found"
     except OSError as exc:
-        return None, f"unreadable: {exc.__class__.__name__}"
+        return None, f"listing: unreadable: {exc.__class__.__name__}"
 
 
 def _list_folder(fs, root: str, exts: tuple[str, ...]) -> Iterable[tuple[str, dict | None]]:

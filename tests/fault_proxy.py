@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 
 class FaultProxy:
     def __init__(self, upstream: str, status: int | None = None, delay_s: float = 0.0,
-                 faults: int | None = None):
+                 faults: int | None = None, after_reply=None):
         """status: answer this HTTP status instead of forwarding; delay_s: wait before
-        forwarding; faults: inject only on the first N requests (None = always)."""
+        forwarding; faults: inject only on the first N requests (None = always);
+        after_reply(n): called after the n-th forwarded reply (e.g. to kill the server)."""
         self.upstream = urlsplit(upstream)
         self.status, self.delay_s, self.faults = status, delay_s, faults
+        self.after_reply = after_reply
+        self.replies = 0
         self.requests = 0
         self._lock = threading.Lock()
         proxy = self
@@ -37,10 +40,15 @@ class FaultProxy:
                     return
                 if inject and proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
-                conn.request("POST", self.path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
+                try:
+                    conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
+                                                      timeout=120)
+                    conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except OSError:  # upstream gone: drop the connection as a dead server would
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(resp.status)
                     self.send_header("Content-Type", resp.getheader("Content-Type", "application/json"))
@@ -49,6 +57,11 @@ class FaultProxy:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out first
                     pass
+                with proxy._lock:
+                    proxy.replies += 1
+                    n = proxy.replies
+                if proxy.after_reply is not None:
+                    proxy.after_reply(n)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

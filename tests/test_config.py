@@ -69,3 +69,13 @@ def test_every_key_is_documented():
     assert len(rows) > 30
     missing = [key for key, _, desc in rows if not desc]
     assert not missing, f"keys without a description: {missing}"
+
+
+def test_readme_config_reference_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("upd", REPO / "scripts" / "update_readme_config.py")
+    upd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(upd)
+    readme = (REPO / "README.md").read_text()
+    assert upd.render(readme) == readme, "run: python scripts/update_readme_config.py"
