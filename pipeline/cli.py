@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 from pipeline.config import ConfigError, config_hash, describe_fields, load_config
-from pipeline.run import OutputError, commit, open_run, plan_run
+from pipeline.run import OutputError, _one_line, commit, open_run, plan_run
 from pipeline.sources import SourceError, list_videos
 
 
@@ -51,14 +50,22 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {len(plan.carried)} unchanged since run {plan.base.run_id}" if plan.base else "")
           + (f" (resuming, {len(plan.done)} already done)" if plan.done else ""), flush=True)
 
-    if plan.todo:  # nothing to do: no need to start Ray
-        from pipeline.graph import execute
+    try:
+        if plan.todo:  # nothing to do: no need to start Ray
+            from pipeline.graph import execute
 
-        for _ in execute(cfg, run, plan.todo):
-            pass
-    manifest = commit(run, cfg, videos, plan, started, cfg.input or "")
+            for _ in execute(cfg, run, plan.todo):
+                pass
+        manifest = commit(run, cfg, videos, plan, started, cfg.input or "")
+    except Exception as exc:  # noqa: BLE001 - e.g. output storage down: one line, resumable
+        raise RunIncomplete(f"run {run.run_id} did not complete ({_one_line(exc)}); "
+                            "run the same command again to resume it") from exc
     _print_summary(run, manifest)
     return 0
+
+
+class RunIncomplete(RuntimeError):
+    """The run started but could not finish; what it wrote is kept for the rerun."""
 
 
 def _print_summary(run, manifest: dict) -> None:
@@ -100,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError, OutputError) as exc:
         print(f"proxyqa: error: {exc}", file=sys.stderr)
         return 2
+    except RunIncomplete as exc:
+        print(f"proxyqa: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

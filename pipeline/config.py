@@ -43,11 +43,31 @@ class S3Config(Strict):
 
 
 class Limits(Strict):
-    max_bytes: int = Field(8 << 30, description="Videos larger than this are skipped (bytes).")
-    max_pixels: int = Field(
-        4096 * 4096, description="Videos whose width*height exceeds this are skipped."
+    """Guards against inputs that would exhaust a worker. A video over a limit is `skipped`
+    with reason `decode: over_limit: <value> > limits.<key>=<limit>` (a limit is inclusive).
+    Checked before the costly part: bytes from the listing, before reading; pixels from the
+    container header, before any frame is decoded (from the first frame only where OpenCV
+    cannot read the header); frames and duration from the index, before any frame is decoded."""
+
+    max_bytes: int = Field(
+        8 << 30, ge=1,
+        description="Videos larger than this are skipped (bytes). An s3:// video is read into "
+        "worker memory whole, so keep it below a worker's memory.",
     )
-    max_duration_s: float = Field(4 * 3600, description="Videos longer than this are skipped.")
+    max_pixels: int = Field(
+        4096 * 4096, ge=1,
+        description="Videos whose width*height exceeds this are skipped (read from the "
+        "container header, so a huge frame is never decoded).",
+    )
+    max_duration_s: float = Field(
+        4 * 3600, gt=0, description="Videos longer than this (frames / fps, seconds) are skipped."
+    )
+    max_frames: int = Field(
+        1_000_000, ge=1,
+        description="Videos with more frames than this in total are skipped (guards the frame "
+        "index against bogus frame rates); not to be confused with decode.max_frames, the cap "
+        "on frames sampled per video.",
+    )
 
 
 class DecodeConfig(Strict):
@@ -290,6 +310,12 @@ class RayConfig(Strict):
     )
     num_cpus: Optional[int] = Field(None, description="CPUs of a local Ray instance.")
     progress_bars: bool = Field(True, description="Ray Data progress bars.")
+    max_task_retries: int = Field(
+        3, ge=0,
+        description="Retries of a stage call whose worker died (killed, OOM, crashed in native "
+        "code, node lost); Ray restarts the worker each time. After the last, that call's "
+        "videos are reported failed ('pipeline: lost: ...') and the run goes on.",
+    )
 
 
 class Config(Strict):
@@ -352,7 +378,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got '{item}'")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}: value is not valid YAML: "
+                              f"{str(exc).splitlines()[0]}") from None
+        _set_dotted(tree, key.strip(), value)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

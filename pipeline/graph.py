@@ -5,6 +5,7 @@ Python, no Ray), its constructor arguments and its resources from the config.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -20,6 +21,8 @@ from stages.sampling import RunContext
 from stages.tasks import BuildTasksStage
 from stages.write import ShardWriterStage
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Step:
@@ -30,7 +33,9 @@ class Step:
 
 
 # Columns only the stages before the writer need; dropped before the writer (less transfer).
-HEAVY_COLUMNS = ("frames_jpeg", "subject_crops_jpeg", "persons_json")
+HEAVY_COLUMNS = ("frames_jpeg", "subject_crops_jpeg", "persons_json", "subject_json")
+# Subject crops feed only the MLLM: without it they are dropped right after pose.
+MLLM_ONLY_COLUMNS = ("subject_crops_jpeg",)
 
 
 def steps(cfg: Config, run: Run) -> list[Step]:
@@ -42,7 +47,8 @@ def steps(cfg: Config, run: Run) -> list[Step]:
     ]
     if cfg.pose.backend != "none":
         check_pose_config(cfg.pose)  # e.g. missing weights: one clear error, not one per video
-        pipeline.append(Step(PoseStage, dict(cfg=cfg.pose), cfg.pose.resources))
+        pipeline.append(Step(PoseStage, dict(cfg=cfg.pose), cfg.pose.resources,
+                             drop_after=() if cfg.mllm.enabled else MLLM_ONLY_COLUMNS))
     pipeline += [
         Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
              cfg.tasks.resources),
@@ -74,11 +80,32 @@ class ArrowAdapter:
         return to_arrow(out)
 
 
+def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
+    """Each step's num_cpus, scaled down alike when one worker of every stage cannot be
+    placed at once.
+
+    Ray's CPUs are reservations: a stage whose first worker does not fit waits for the
+    stages before it to finish, so the stages run one after another instead of together
+    (on 2 cores, 4 stages x 1 CPU ran the writer only at the very end). Scaling keeps
+    the ratios, which are what share the CPUs among the stages' workers.
+    """
+    wanted = [s.resources.num_cpus for s in plan]
+    need = sum(cpus * (s.resources.concurrency or 1) for cpus, s in zip(wanted, plan))
+    if need <= cluster_cpus or need <= 0:
+        return wanted
+    factor = cluster_cpus / need
+    log.warning("stage CPU reservations (%.2f for one worker per stage) exceed the cluster's "
+                "%.0f CPUs: scaled by %.2f so that every stage runs from the start", need,
+                cluster_cpus, factor)
+    return [cpus * factor for cpus in wanted]
+
+
 def build_dataset(cfg: Config, run: Run, videos: list[dict]):
     import ray
 
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
-    for step in steps(cfg, run):
+    plan = steps(cfg, run)
+    for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
         if step.stage is ShardWriterStage and cfg.mllm.enabled and cfg.mllm.mode == "engine":
             ds = _engine_passes(cfg, run, ds)
         res = step.resources
@@ -90,10 +117,14 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
             fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after),
             batch_format="pyarrow",
             batch_size=res.batch_size,
-            num_cpus=res.num_cpus,
+            num_cpus=num_cpus,
             num_gpus=res.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=max(pool)),
             memory=int(res.memory_gb * (1 << 30)) if res.memory_gb else None,
+            # Ray restarts a dead worker (max_restarts=-1 by default) and retries its call a
+            # bounded number of times: a video that kills its worker every time cannot
+            # stall the run (Ray 2.60 has no named parameter for this yet).
+            max_task_retries=cfg.ray.max_task_retries,
         )
     return ds
 
@@ -129,6 +160,9 @@ def init_ray(cfg: Config) -> None:
             ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
+    # Stages turn per-video errors into data; a block that still fails (its worker died on
+    # every retry) is dropped, and commit reports its videos as lost instead of the run dying.
+    ctx.max_errored_blocks = -1
 
 
 def execute(cfg: Config, run: Run, videos: list[dict]) -> Iterator[dict]:

@@ -9,7 +9,9 @@ incremental run reads the snapshot of the run OUT/latest points at.
 Incremental semantics (`proxyqa run --incremental`):
 - A listed video is *carried* (not processed again) when the base snapshot has it under
   the same video_id (same URI, size, mtime/ETag) and the same config_hash, its status was
-  ok or skipped (failed videos are retried), and its shard files still exist. Identical
+  ok or skipped (failed videos are retried), it had no transient task error (`retry_errors`:
+  the MLLM endpoint was down, slow or overloaded, so some of its rows are missing), and its
+  shard files still exist. Identical
   clips at several URIs (same content_id) share sample_ids, so their rows may sit under one
   of them: such a group is carried only if every member is. When this run processes a
   clip identical to a carried one, this run's rows are kept and the carried copy dropped.
@@ -42,6 +44,8 @@ from stages.write import digest, parquet_bytes
 
 LEDGER_DIR = "ledger"
 CARRIED_STATUSES = ("ok", "skipped")
+# Task error kinds that a later run may not meet again: the video is processed again.
+TRANSIENT_ERROR_KINDS = ("mllm_unreachable", "mllm_timeout", "mllm_http_429", "mllm_http_5")
 
 LEDGER_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -53,8 +57,15 @@ LEDGER_SCHEMA = pa.schema([
     ("rows_json", pa.string()),              # rows per task present in the dataset
     ("shards", pa.list_(pa.string())),       # files holding its rows, relative to OUT
     ("done_run_id", pa.string()),            # the run that processed it
+    ("retry_errors", pa.list_(pa.string())),  # transient task error kinds (not carried)
     ("snapshot_run_id", pa.string()),        # the run whose dataset this row describes
 ])
+
+
+def retry_errors(errors: list[dict]) -> list[str]:
+    """The transient kinds among a video's task errors (report `errors`)."""
+    return sorted({str(e.get("kind")) for e in errors
+                   if str(e.get("kind", "")).startswith(TRANSIENT_ERROR_KINDS)})
 
 
 def snapshot_key(run_id: str) -> str:
@@ -132,7 +143,8 @@ def plan_carry(base: Base, listed: list[dict], config_hash: str, present: set[st
     eligible = {
         vid: e for vid, e in base.entries.items()
         if vid in listed_ids and e["config_hash"] == config_hash
-        and e["status"] in CARRIED_STATUSES and all(k in present for k in e["shards"] or [])
+        and e["status"] in CARRIED_STATUSES and not e.get("retry_errors")
+        and all(k in present for k in e["shards"] or [])
     }
     groups: dict[str, set[str]] = defaultdict(set)
     for vid, e in base.entries.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.config import Config, public_dump
 from pipeline.ledger import (Base, carry_shards, existing_shards, load_base, plan_carry,
-                             run_key, shard_run_id, write_snapshot)
+                             retry_errors, run_key, shard_run_id, write_snapshot)
 from pipeline.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
 from pipeline.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
 from stages.write import VIDEOS_DIR, parquet_bytes
@@ -62,8 +63,16 @@ def _is_complete(fs, run_path: str) -> bool:
     return fs.exists(posixpath.join(run_path, "manifest.json"))
 
 
+# A run id names a folder: no separators or '..', so it cannot point outside OUT/runs.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
     """A new run, or the newest incomplete one with the same config (resume)."""
+    given = run_id or cfg.run_id
+    if given is not None and not RUN_ID_PATTERN.fullmatch(given):
+        raise OutputError(f"run id {given!r} is not usable: letters, digits, '.', '_' and '-' "
+                          "only (at most 128), starting with a letter or digit")
     try:
         fs, root = get_fs(cfg.output, cfg.s3)
         ensure_dir(fresh(fs), posixpath.join(root, "runs"))
@@ -252,16 +261,18 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         rec = records.get(vid) or {
             "status": "failed", "reason": "pipeline: lost: no record was written",
             "counts_json": "{}", "content_id": None}
+        errors = json.loads(rec.get("errors_json") or "[]")
         videos.append({
             "uri": item["video_uri"], "video_id": vid, "status": rec["status"],
             "reason": rec.get("reason"), "rows": json.loads(rec.get("counts_json") or "{}"),
-            "errors": json.loads(rec.get("errors_json") or "[]"),
+            "errors": errors,
         })
         entries.append({
             "video_id": vid, "content_id": rec.get("content_id"), "video_uri": item["video_uri"],
             "config_hash": run.config_hash, "status": rec["status"], "reason": rec.get("reason"),
             "rows_json": json.dumps(dict(sorted(own_rows.get(vid, Counter()).items()))),
             "shards": sorted(own_shard_keys.get(vid, ())), "done_run_id": run.run_id,
+            "retry_errors": retry_errors(errors),
         })
 
     shards = own_shards + carried_shards

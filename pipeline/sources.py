@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import urllib.parse
 from typing import Iterable
 
 from pipeline.config import Config
@@ -31,7 +32,18 @@ def _mtime(info: dict) -> str | None:
     return None
 
 
+def portable_uri(uri: str) -> str:
+    """A local name that is not valid UTF-8 (Python keeps its bytes as surrogates) cannot be
+    stored in Arrow or JSON: such a path becomes a percent-encoded file:// URI."""
+    try:
+        uri.encode("utf-8")
+        return uri
+    except UnicodeEncodeError:
+        return "file://" + urllib.parse.quote(os.fsencode(uri))
+
+
 def _record(uri: str, info: dict | None, error: str | None = None) -> dict:
+    uri = portable_uri(uri)
     size = int(info["size"]) if info and info.get("size") is not None else None
     mtime = _mtime(info) if info else None
     rec = {

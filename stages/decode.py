@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import urllib.parse
 from typing import Any
 
 import cv2
 import numpy as np
 
 from pipeline.config import DecodeConfig, Limits, S3Config
-from stages.base import RowStage, StageError
+from stages.base import RowStage, StageError, add_error
 
 # Container signatures: a file that has one but fails to open is damaged, not a non-video.
 _SIGNATURES = {
@@ -20,6 +22,43 @@ _SIGNATURES = {
 
 
 HEAD_BYTES = 1 << 16
+# An mp4/mov header counts its frames exactly; an index this much shorter means the file
+# was cut short (the frames past the cut are gone, the rest would decode as a shorter clip).
+MISSING_FRAMES_TOLERANCE = 0.1
+FALLBACK_CHUNK = 4   # frames decoded at native size at a time when decoder-side resize fails
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _utf8(path: str) -> bool:
+    """False for a file name that is not valid UTF-8 (Python keeps its bytes as surrogates)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def header_probe(source: Any) -> tuple[int, int, int] | None:
+    """(width, height, frame count) from the container header, without decoding a frame;
+    None when OpenCV cannot open it (decord's open then says why)."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, [])
+    else:
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            return None
+        dims = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
+                cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    width, height, count = (int(max(v, 0)) for v in dims)
+    return (width, height, count) if width and height else None
 
 
 def content_fingerprint(head: bytes, size: int | None, n_frames: int, fps: float,
@@ -78,14 +117,26 @@ class DecodeStage(RowStage):
 
     def _open_source(self, uri: str) -> tuple[Any, bytes]:
         """A path or file object decord can read, and the first bytes for sniffing."""
-        if uri.startswith("s3://"):
-            from pipeline.storage import get_fs
+        try:
+            if uri.startswith("s3://"):
+                from pipeline.storage import get_fs
 
-            fs, path = get_fs(uri, self.s3)
-            data = fs.cat_file(path)
-            return io.BytesIO(data), data[:HEAD_BYTES]
-        with open(uri, "rb") as fh:
-            return uri, fh.read(HEAD_BYTES)
+                fs, path = get_fs(uri, self.s3)
+                data = fs.cat_file(path)
+                return io.BytesIO(data), data[:HEAD_BYTES]
+            if uri.startswith("file://"):  # a name that is not UTF-8 (pipeline/sources.py)
+                uri = os.fsdecode(urllib.parse.unquote_to_bytes(uri[len("file://"):]))
+            with open(uri, "rb") as fh:
+                if not _utf8(uri):  # decord rejects such a path and OpenCV crashes on it
+                    data = fh.read()
+                    return io.BytesIO(data), data[:HEAD_BYTES]
+                return uri, fh.read(HEAD_BYTES)
+        except IsADirectoryError:
+            raise StageError("not_a_file", "a directory") from None
+        except FileNotFoundError:
+            raise StageError("missing", "file not found") from None
+        except Exception as exc:  # noqa: BLE001 - storage down, permissions: a failed row, retried next run
+            raise StageError("unreadable", _one_line(exc)) from None
 
     def _reader(self, source: Any, **kwargs):
         from decord import VideoReader
@@ -94,22 +145,25 @@ class DecodeStage(RowStage):
             source.seek(0)
         return VideoReader(source, num_threads=self.cfg.num_threads, **kwargs)
 
+    def _over(self, key: str, value: float, shown: str) -> None:
+        limit = getattr(self.limits, key)
+        if value > limit:
+            raise StageError("over_limit", f"{shown} > limits.{key}={limit}")
+
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
         uri, size = row["video_uri"], row.get("size_bytes")
         if size == 0:
             raise StageError("empty_file", "0 bytes")
-        if size is not None and size > self.limits.max_bytes:
-            raise StageError("over_limit", f"{size} bytes > limits.max_bytes={self.limits.max_bytes}")
-        try:
-            source, head = self._open_source(uri)
-        except IsADirectoryError:
-            raise StageError("not_a_file", "a directory") from None
-        except FileNotFoundError:
-            raise StageError("missing", "file not found") from None
+        if size is not None:
+            self._over("max_bytes", size, f"{size} bytes")
+        source, head = self._open_source(uri)
+        kind = sniff_container(head)
+        header = header_probe(source)
+        if header is not None:  # before decord: it would decode a full-size frame first
+            self._over("max_pixels", header[0] * header[1], f"{header[0]}x{header[1]} pixels")
         try:
             probe = self._reader(source)
         except Exception as exc:  # decord raises RuntimeError/DECORDError with ffmpeg text
-            kind = sniff_container(head)
             msg = str(exc).splitlines()[0][:160]
             if kind is None:
                 raise StageError("not_a_video", f"no known video container signature ({msg})") from None
@@ -119,13 +173,16 @@ class DecodeStage(RowStage):
         n_frames = len(probe)
         if n_frames <= 0:
             raise StageError("no_video_stream", "no decodable frames")
+        declared = header[2] if header is not None and kind == "mp4/mov" else 0
+        if declared - n_frames > max(2, MISSING_FRAMES_TOLERANCE * declared):
+            raise StageError("truncated_or_corrupt",
+                             f"{n_frames} of the {declared} frames its header lists are present (cut short?)")
         fps = float(probe.get_avg_fps() or 0.0)
-        height, width = probe[0].shape[:2]
         duration = n_frames / fps if fps > 0 else 0.0
-        if width * height > self.limits.max_pixels:
-            raise StageError("over_limit", f"{width}x{height} > limits.max_pixels={self.limits.max_pixels}")
-        if duration > self.limits.max_duration_s:
-            raise StageError("over_limit", f"{duration:.0f}s > limits.max_duration_s={self.limits.max_duration_s}")
+        self._over("max_frames", n_frames, f"{n_frames} frames")
+        self._over("max_duration_s", duration, f"{duration:.0f} s")
+        height, width = probe[0].shape[:2]  # the decoded size (no header, or rotated streams)
+        self._over("max_pixels", width * height, f"{width}x{height} pixels")
         del probe
         idx = sample_indices(n_frames, fps, self.cfg)
         out_w, out_h = resized_size(width, height, self.cfg.max_side)
@@ -137,25 +194,31 @@ class DecodeStage(RowStage):
             timestamps=[float(t) for t in times],
             frames_jpeg=[encode_jpeg(f, self.cfg.jpeg_quality) for f in frames],
         )
+        if n_frames < 2:
+            add_error(row, "temporal", "single_frame", "the video has one frame: no temporal task")
         return row
 
     def _decode(self, source: Any, idx: np.ndarray, out_w: int, out_h: int):
-        """Decoder-side resize is fastest; decord rejects some sizes, so fall back to cv2."""
+        """Decoder-side resize is fastest; decord rejects some sizes, so fall back to cv2,
+        a few native-size frames at a time (memory stays bounded for large frames)."""
         try:
             reader = self._reader(source, width=out_w, height=out_h)
             return reader.get_batch(idx.tolist()).asnumpy(), self._times(reader, idx)
         except Exception:  # noqa: BLE001 - retried natively below; a real fault fails there too
             pass
+        resized = []
         try:
             reader = self._reader(source)
-            frames = reader.get_batch(idx.tolist()).asnumpy()
+            for start in range(0, len(idx), FALLBACK_CHUNK):
+                chunk = reader.get_batch(idx[start:start + FALLBACK_CHUNK].tolist()).asnumpy()
+                resized.extend(cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA)
+                               for f in chunk)
             times = self._times(reader, idx)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[-1][:160]
             raise StageError("truncated_or_corrupt", f"frames cannot be decoded ({msg})") from None
-        if frames.shape[0] != len(idx):
-            raise StageError("truncated_or_corrupt", f"decoded {frames.shape[0]} of {len(idx)} frames")
-        resized = [cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA) for f in frames]
+        if len(resized) != len(idx):
+            raise StageError("truncated_or_corrupt", f"decoded {len(resized)} of {len(idx)} frames")
         return np.stack(resized), times
 
     @staticmethod

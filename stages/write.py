@@ -27,9 +27,13 @@ def digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20]
 
 
+# Row groups are the reader's unit of work split across ranks and dataloader workers.
+ROW_GROUP_ROWS = 256
+
+
 def parquet_bytes(table: pa.Table, compression: str) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression=compression)
+    pq.write_table(table, sink, compression=compression, row_group_size=ROW_GROUP_ROWS)
     return sink.getvalue()
 
 

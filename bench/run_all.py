@@ -1,0 +1,135 @@
+"""`make bench`: every CPU bench in turn, then the targets side by side.
+
+    python bench/run_all.py            # full: ~20 min on 2 cores
+    python bench/run_all.py --quick    # ~6 min: fewer videos, scaling up to 100
+    python bench/run_all.py --report   # only re-print the summary of the last results
+
+Runs bench/stages.py, bench/e2e.py and bench/scaling.py, each in a fresh process (own Ray
+instance), prints the ratios against the targets and writes bench/results/summary.json
+and bench/results/performance.md (the README's Performance section, with this run's
+figures). bench/gpu.py is not run here: it needs a GPU machine.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+HERE = Path(__file__).resolve().parent
+
+TARGETS = [
+    # (key, label, target, comparison)
+    ("ray_vs_slowest_stage", "Ray Data steady-state / slowest stage isolated", 0.85, ">="),
+    ("ray_vs_sequential", "Ray Data steady-state / sequential loop", 1.6, ">="),
+    ("cost_spread", "cost per video, deviation from the mean, 10..1000 videos", 0.15, "<="),
+    ("marginal_spread", "marginal cost per video, deviation from the mean, 10..1000", 0.15, "<="),
+    ("decode_vs_raw_decord", "decode stage / raw decord get_batch (frames/s)", 0.8, ">="),
+]
+
+
+def run(script: str, args: list[str]) -> float:
+    cmd = [sys.executable, str(HERE / script), *args]
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {script} failed with exit status {proc.returncode}")
+    return time.perf_counter() - start
+
+
+def collect() -> dict[str, Any]:
+    stages, e2e, scaling = (common.read_json(n) for n in ("stages", "e2e", "scaling"))
+    values: dict[str, Any] = {}
+    if stages:
+        values["decode_vs_raw_decord"] = stages["decode_vs_raw_decord"]
+    if e2e:
+        values["ray_vs_sequential"] = e2e.get("ray_vs_sequential")
+        if stages and e2e["ray"].get("steady_per_s"):
+            values["ray_vs_slowest_stage"] = round(
+                e2e["ray"]["steady_per_s"] / stages["slowest_videos_per_s"], 3)
+    if scaling:
+        values["cost_spread"] = scaling.get("cost_spread")
+        values["marginal_spread"] = scaling.get("marginal_spread")
+    return {"stages": stages, "e2e": e2e, "scaling": scaling, "values": values}
+
+
+def verdicts(values: dict[str, Any], top: int | None) -> list[dict]:
+    rows = []
+    for key, label, target, op in TARGETS:
+        value = values.get(key)
+        if top and top != 1000:
+            label = label.replace("1000", str(top))
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        rows.append({"measure": label, "value": value, "target": f"{op} {target}",
+                     "met": {True: "yes", False: "NO", None: "-"}[met]})
+    return rows
+
+
+def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
+    """The README Performance section, filled with this run's figures."""
+    st, e2e, sc = data["stages"], data["e2e"], data["scaling"]
+    m = (st or e2e or sc or {}).get("machine") or common.machine()
+    out = ["## Performance", "",
+           f"Measured with `make bench`{' --quick' if quick else ''} on {m['cpus']} cores "
+           f"({m.get('cpu_model') or 'unknown CPU'}), {m['memory_gib']} GiB, "
+           f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; load average at the end "
+           f"{m['load_avg']}. Input: copies of the real clips in `../shared/data/clips` "
+           "(distinct files and ids, identical frames).", ""]
+    out += ["### Targets", "", common.table(rows, ["measure", "value", "target", "met"], digits=3), ""]
+    if st:
+        out += [f"### Stages in isolation ({st['videos']} videos, one process, warm)", "",
+                common.table(st["stages"], ["stage", "videos", "frames", "batch_size", "videos_per_s",
+                                            "frames_per_s", "ms_per_video", "cpu_util"]), ""]
+    if e2e:
+        seq = e2e.get("sequential") or {}
+        out += [f"### End to end ({e2e['videos']} videos)", "",
+                common.table([{"pass": "Ray Data", **e2e["ray"]},
+                              {"pass": "sequential loop", **seq}],
+                             ["pass", "wall_s", "first_output_s", "steady_per_s", "overall_per_s"],
+                             digits=3), ""]
+    if sc:
+        out += [f"### Scaling ({sc['config']})", "",
+                common.table(sc["rows"], ["videos", "wall_s", "cost_per_video_s", "marginal_per_video_s",
+                                          "listing_ms_per_video", "plan_ms_per_video",
+                                          "writer_ms_per_video", "commit_ms_per_video",
+                                          "rerun_ms_per_video", "driver_peak_mib", "worker_peak_mib",
+                                          "workers_total_peak_mib"], digits=3), ""]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer videos; scaling to 100")
+    ap.add_argument("--report", action="store_true", help="summarize existing results only")
+    args = ap.parse_args(argv)
+    timings: dict[str, float] = {}
+    if not args.report:
+        busy = common.wait_for_quiet()
+        if busy > 0.2:
+            print(f"bench: warning: other processes keep {busy:.1f} cores busy: each pass waits "
+                  "for a quiet machine (bounded) and reports what others used meanwhile")
+        q = ["--quick"] if args.quick else []
+        timings["stages_s"] = run("stages.py", q)
+        timings["e2e_s"] = run("e2e.py", q)
+        timings["scaling_s"] = run("scaling.py", q)
+    data = collect()
+    top = max((r["videos"] for r in (data["scaling"] or {}).get("rows", [])), default=None)
+    rows = verdicts(data["values"], top)
+    print("\n=== Targets")
+    print(common.table(rows, ["measure", "value", "target", "met"], digits=3))
+    summary = {"quick": args.quick, "values": data["values"], "targets": rows, "timings_s": timings,
+               "machine": common.machine()}
+    common.write_json("summary", summary)
+    md = markdown(data, rows, args.quick)
+    (common.RESULTS / "performance.md").write_text(md)
+    print(f"\n-> {common.RESULTS / 'summary.json'}, {common.RESULTS / 'performance.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
