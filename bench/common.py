@@ -241,7 +241,7 @@ class MemorySampler:
     agents) is "ray system". CPU seconds cover the sampling window only.
     """
 
-    def __init__(self, interval_s: float = 0.25):
+    def __init__(self, interval_s: float = 0.5):
         import psutil
 
         self.me = psutil.Process()
@@ -261,8 +261,9 @@ class MemorySampler:
     @staticmethod
     def _title(proc) -> str:
         cmd = proc.cmdline()     # the full title (proc.name() is cut at 15 characters)
-        name = cmd[0] if cmd and cmd[0].startswith("ray::") else "ray system"
-        return re.sub(r"\)\)\..*$", "))", name.split(" ")[0])   # drop .submit etc.
+        if not cmd or not cmd[0].startswith("ray::"):
+            return "ray system"  # raylet, GCS, dashboard and agents
+        return re.sub(r"\)\)\..*$", "))", cmd[0].split(" ")[0])   # drop .submit etc.
 
     def _sample(self, first: bool = False) -> None:
         import psutil

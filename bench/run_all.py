@@ -70,16 +70,31 @@ def verdicts(values: dict[str, Any], top: int | None) -> list[dict]:
     return rows
 
 
+def _foreign(*values: Any) -> str:
+    vals = [v for v in values if v is not None]
+    return f"{max(vals):.2f}" if vals else "-"
+
+
 def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
     """The README Performance section, filled with this run's figures."""
     st, e2e, sc = data["stages"], data["e2e"], data["scaling"]
     m = (st or e2e or sc or {}).get("machine") or common.machine()
+    foreign = _foreign(*[x.get("foreign_cores") for x in (st or {}).get("stages", [])],
+                       (e2e or {}).get("ray", {}).get("memory", {}).get("foreign_cores"),
+                       ((e2e or {}).get("sequential") or {}).get("memory", {}).get("foreign_cores"),
+                       *[r.get("foreign_cores") for r in (sc or {}).get("rows", [])])
     out = ["## Performance", "",
-           f"Measured with `make bench`{' --quick' if quick else ''} on {m['cpus']} cores "
+           "`make bench` (~20 min on 2 cores) or `python bench/run_all.py --quick` (~7 min) runs "
+           "every CPU bench and prints these tables; `python bench/run_all.py --report` re-prints "
+           "the last ones. Figures land in `bench/results/*.json` and this section in "
+           "`bench/results/performance.md`. Method, definitions and the tuning knobs: "
+           "[`bench/README.md`](bench/README.md); GPU figures: `bench/gpu.py` on a GPU machine.", "",
+           f"Last run{' (--quick)' if quick else ''}: {m['cpus']} cores "
            f"({m.get('cpu_model') or 'unknown CPU'}), {m['memory_gib']} GiB, "
-           f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; load average at the end "
-           f"{m['load_avg']}. Input: copies of the real clips in `../shared/data/clips` "
-           "(distinct files and ids, identical frames).", ""]
+           f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; other processes used at most "
+           f"{foreign} cores during a measured pass (each pass waits for a quiet machine and is "
+           "repeated when others used over 0.15). Input: copies of the real clips in "
+           "`../shared/data/clips` (distinct files and ids, identical frames).", ""]
     out += ["### Targets", "", common.table(rows, ["measure", "value", "target", "met"], digits=3), ""]
     if st:
         out += [f"### Stages in isolation ({st['videos']} videos, one process, warm)", "",
@@ -87,18 +102,21 @@ def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
                                             "frames_per_s", "ms_per_video", "cpu_util"]), ""]
     if e2e:
         seq = e2e.get("sequential") or {}
-        out += [f"### End to end ({e2e['videos']} videos)", "",
-                common.table([{"pass": "Ray Data", **e2e["ray"]},
-                              {"pass": "sequential loop", **seq}],
-                             ["pass", "wall_s", "first_output_s", "steady_per_s", "overall_per_s"],
-                             digits=3), ""]
+        cols = ["pass", "wall_s", "startup_s", "first_output_s", "steady_per_s"]
+        out += [f"### End to end ({e2e['videos']} videos, configs/local.yaml)", "",
+                common.table([{"pass": "Ray Data", **e2e["ray"]}, {"pass": "sequential loop", **seq}],
+                             cols, digits=3), "",
+                "steady_per_s = videos / (wall - start-up); start-up = until the first stage "
+                "starts on its first video.", ""]
     if sc:
         out += [f"### Scaling ({sc['config']})", "",
                 common.table(sc["rows"], ["videos", "wall_s", "cost_per_video_s", "marginal_per_video_s",
-                                          "listing_ms_per_video", "plan_ms_per_video",
-                                          "writer_ms_per_video", "commit_ms_per_video",
-                                          "rerun_ms_per_video", "driver_peak_mib", "worker_peak_mib",
-                                          "workers_total_peak_mib"], digits=3), ""]
+                                          "execute_ms_per_video", "listing_ms_per_video",
+                                          "plan_ms_per_video", "writer_ms_per_video",
+                                          "commit_ms_per_video", "ledger_ms_per_video",
+                                          "rerun_ms_per_video"], digits=3), "",
+                common.table(sc["rows"], ["videos", "driver_peak_mib", "worker_peak_mib",
+                                          "workers_total_peak_mib"], digits=0), ""]
     return "\n".join(out) + "\n"
 
 

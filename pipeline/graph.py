@@ -94,9 +94,9 @@ def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
     if need <= cluster_cpus or need <= 0:
         return wanted
     factor = cluster_cpus / need
-    log.warning("stage CPU reservations (%.2f for one worker per stage) exceed the cluster's "
-                "%.0f CPUs: scaled by %.2f so that every stage runs from the start", need,
-                cluster_cpus, factor)
+    log.warning("the stages' CPU reservations (%.2f for their first workers) exceed the "
+                "cluster's %.0f CPUs: scaled by %.2f so that every stage runs from the start",
+                need, cluster_cpus, factor)
     return [cpus * factor for cpus in wanted]
 
 
