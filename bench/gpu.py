@@ -9,7 +9,8 @@
 Part 1, pose: real frames of the clips (decoded as the pipeline does) through ultralytics
 YOLO-pose on cuda:0 (fp16 unless --fp32): raw `model.predict` frames/s at each
 --batches size, then the whole PoseStage (JPEG decode, tracking, crops) at
-pose.ultralytics.batch. --yolo-weights is a local .pt (nothing is downloaded); the
+--stage-batch frames per predict and --videos-per-call videos per stage call (their
+frames are pooled into one predict), as configs/cluster.yaml sets them. --yolo-weights is a local .pt (nothing is downloaded); the
 default builds a random-init yolo11n-pose, fine for speed (its NMS sees random boxes).
 
 Part 2, MLLM: the same videos through decode + pose, then MLLMStage (endpoint mode: all
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     yolo.add_argument("--frames", type=int, default=512, help="frames per measurement")
     yolo.add_argument("--imgsz", type=int, default=640)
     yolo.add_argument("--fp32", action="store_true", help="no fp16")
+    yolo.add_argument("--stage-batch", type=int, default=64,
+                      help="PoseStage: pose.ultralytics.batch (configs/cluster.yaml: 64)")
+    yolo.add_argument("--videos-per-call", type=int, default=4,
+                      help="PoseStage: pose.resources.batch_size (configs/cluster.yaml: 4)")
     mllm = ap.add_argument_group("MLLM")
     mllm.add_argument("--model", help="local model dir served by vLLM (started here)")
     mllm.add_argument("--base-url", help="an already running OpenAI-compatible vLLM server")
@@ -119,6 +124,7 @@ def pose_config(args: argparse.Namespace, device: str):
     pose.ultralytics.device = device
     pose.ultralytics.half = not args.fp32
     pose.ultralytics.imgsz = args.imgsz
+    pose.ultralytics.batch = args.stage_batch
     return pose
 
 
@@ -154,12 +160,15 @@ def bench_yolo(args: argparse.Namespace, device: str, rows: list[dict]) -> dict[
             row["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / (1 << 20))
         out["raw"].append(row)
         print(f"  yolo predict batch {batch}: {row['frames_per_s']} frames/s", flush=True)
-    stage(to_batch([dict(rows[0])]))
+    per_call = args.videos_per_call
+    stage(to_batch([dict(r) for r in rows[:per_call]]))
     with Clock() as c:
-        stage(to_batch([dict(r) for r in rows]))
+        for s in range(0, len(rows), per_call):   # as a pose worker gets them from Ray Data
+            stage(to_batch([dict(r) for r in rows[s:s + per_call]]))
         _sync(device)
     n_frames = sum(len(r["frames_jpeg"]) for r in rows)
-    out["stage"] = {"batch": pose_cfg.ultralytics.batch, "videos": len(rows), "frames": n_frames,
+    out["stage"] = {"batch": pose_cfg.ultralytics.batch, "videos_per_call": per_call,
+                    "videos": len(rows), "frames": n_frames,
                     "frames_per_s": round(n_frames / c.wall, 1),
                     "videos_per_s": round(len(rows) / c.wall, 2)}
     return out
@@ -366,8 +375,8 @@ def bench_mllm(args: argparse.Namespace, device: str, rows: list[dict]) -> dict[
     from stages.base import to_batch, to_rows
     from stages.pose import PoseStage
 
-    pose_cfg = pose_config(args, device) if device.startswith("cuda") or args.yolo_weights.endswith(".pt") \
-        else common.bench_config().pose          # CPU smoke: mediapipe finds real people
+    # Real people need real weights: without a .pt, mediapipe (CPU) finds the subjects.
+    pose_cfg = pose_config(args, device) if args.yolo_weights.endswith(".pt") else common.bench_config().pose
     posed = [r for r in to_rows(PoseStage(pose_cfg)(to_batch([dict(r) for r in rows])))
              if r.get("subject_json")]
     if not posed:

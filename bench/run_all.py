@@ -1,7 +1,7 @@
 """`make bench`: every CPU bench in turn, then the targets side by side.
 
-    python bench/run_all.py            # full: ~20 min on 2 cores
-    python bench/run_all.py --quick    # ~6 min: fewer videos, scaling up to 100
+    python bench/run_all.py            # full: ~11 min on a quiet 2-core machine
+    python bench/run_all.py --quick    # ~5 min: fewer videos, scaling up to 100
     python bench/run_all.py --report   # only re-print the summary of the last results
 
 Runs bench/stages.py, bench/e2e.py and bench/scaling.py, each in a fresh process (own Ray
@@ -84,7 +84,7 @@ def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
                        ((e2e or {}).get("sequential") or {}).get("memory", {}).get("foreign_cores"),
                        *[r.get("foreign_cores") for r in (sc or {}).get("rows", [])])
     out = ["## Performance", "",
-           "`make bench` (~20 min on 2 cores) or `python bench/run_all.py --quick` (~7 min) runs "
+           "`make bench` (~11 min on a quiet 2-core machine) or `python bench/run_all.py --quick` (~5 min) runs "
            "every CPU bench and prints these tables; `python bench/run_all.py --report` re-prints "
            "the last ones. Figures land in `bench/results/*.json` and this section in "
            "`bench/results/performance.md`. Method, definitions and the tuning knobs: "
@@ -111,10 +111,13 @@ def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
     if sc:
         out += [f"### Scaling ({sc['config']})", "",
                 common.table(sc["rows"], ["videos", "wall_s", "cost_per_video_s", "marginal_per_video_s",
-                                          "execute_ms_per_video", "listing_ms_per_video",
-                                          "plan_ms_per_video", "writer_ms_per_video",
-                                          "commit_ms_per_video", "ledger_ms_per_video",
-                                          "rerun_ms_per_video"], digits=3), "",
+                                          "execute_ms_per_video"], digits=3), "",
+                common.table(sc["rows"], ["videos", "listing_ms_per_video", "plan_ms_per_video",
+                                          "writer_ms_per_video", "commit_ms_per_video",
+                                          "ledger_ms_per_video", "rerun_ms_per_video"], digits=3), "",
+                "writer = the writer's Ray tasks; commit = finalize shards, report, ledger "
+                "snapshot, manifest (ledger = the snapshot alone); rerun = a nightly "
+                "`--incremental` run with nothing changed.", "",
                 common.table(sc["rows"], ["videos", "driver_peak_mib", "worker_peak_mib",
                                           "workers_total_peak_mib"], digits=0), ""]
     return "\n".join(out) + "\n"
@@ -126,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="summarize existing results only")
     args = ap.parse_args(argv)
     timings: dict[str, float] = {}
-    if not args.report:
+    quick = args.quick
+    if args.report:   # keep what the last full run recorded about itself
+        last = common.read_json("summary") or {}
+        timings, quick = last.get("timings_s", {}), last.get("quick", False)
+    else:
         busy = common.wait_for_quiet()
         if busy > 0.2:
             print(f"bench: warning: other processes keep {busy:.1f} cores busy: each pass waits "
@@ -140,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = verdicts(data["values"], top)
     print("\n=== Targets")
     print(common.table(rows, ["measure", "value", "target", "met"], digits=3))
-    summary = {"quick": args.quick, "values": data["values"], "targets": rows, "timings_s": timings,
+    summary = {"quick": quick, "values": data["values"], "targets": rows, "timings_s": timings,
                "machine": common.machine()}
     common.write_json("summary", summary)
-    md = markdown(data, rows, args.quick)
+    md = markdown(data, rows, quick)
     (common.RESULTS / "performance.md").write_text(md)
     print(f"\n-> {common.RESULTS / 'summary.json'}, {common.RESULTS / 'performance.md'}")
     return 0

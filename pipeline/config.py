@@ -91,7 +91,10 @@ class UltralyticsConfig(Strict):
     half: bool = Field(True, description="fp16 inference (GPU only).")
     imgsz: int = Field(640, description="Inference image size.")
     conf: float = Field(0.25, description="Person detection confidence threshold.")
-    batch: int = Field(16, ge=1, description="Frames per predict call.")
+    batch: int = Field(16, ge=1, description=(
+        "Frames per predict call. The frames of all videos of a pose batch go to the model "
+        "together (pose.resources.batch_size x decode.num_frames), except videos tracked "
+        "with the tracker (one video at a time)."))
     tracker: Optional[str] = Field(
         "bytetrack.yaml",
         description="ultralytics tracker config used when sampled frames are dense enough; "

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 
 from pipeline.config import Config, Resources
-from pipeline.run import Run
 from pipeline.schema import to_arrow
-from stages.decode import DecodeStage
-from stages.mllm import MLLMStage
-from stages.pose import PoseStage, check_pose_config
-from stages.sampling import RunContext
-from stages.tasks import BuildTasksStage
-from stages.write import ShardWriterStage
+
+if TYPE_CHECKING:
+    from pipeline.run import Run
+
+# Stage modules are imported where used, not here: every Ray worker imports this module
+# (for ArrowAdapter), and a decode worker need not load pose, MLLM and scipy (importing
+# them all took ~1 s more of each worker's start-up).
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ MLLM_ONLY_COLUMNS = ("subject_crops_jpeg",)
 
 
 def steps(cfg: Config, run: Run) -> list[Step]:
+    from stages.decode import DecodeStage
+    from stages.mllm import MLLMStage
+    from stages.pose import PoseStage, check_pose_config
+    from stages.sampling import RunContext
+    from stages.tasks import BuildTasksStage
+    from stages.write import ShardWriterStage
+
     ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
     min_score = cfg.pose.min_keypoint_score
     pipeline = [
@@ -103,6 +110,8 @@ def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
 def build_dataset(cfg: Config, run: Run, videos: list[dict]):
     import ray
 
+    from stages.write import ShardWriterStage
+
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
     plan = steps(cfg, run)
     for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
@@ -132,6 +141,7 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
 def _engine_passes(cfg: Config, run: Run, ds):
     """ray.data.llm processors (GPU vLLM engines) between the last stage and the writer."""
     from pipeline.llm_engine import build_processors
+    from stages.sampling import RunContext
 
     ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
     for processor in build_processors(cfg.mllm, cfg.tasks.enabled, ctx, cfg.pose.min_keypoint_score):

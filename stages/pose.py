@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import ConfigError, MediaPipeConfig, PoseConfig, UltralyticsConfig
-from stages.base import RowStage
+from stages.base import Batch, RowStage, to_batch, to_rows
 from stages.decode import encode_jpeg
 from stages.track import associate, box_iou, choose_subject
 
@@ -269,6 +269,10 @@ def resolve_ultralytics_weights(model: str) -> str:
 class UltralyticsPose:
     """YOLO-pose through ultralytics: batched predict, or its tracker on dense frames."""
 
+    # PoseStage gives `predict` the frames of all videos of a batch at once: one video's
+    # frames (decode.num_frames) would leave a larger `batch` of a GPU half empty.
+    frames_across_videos = True
+
     def __init__(self, cfg: UltralyticsConfig):
         _ultralytics_offline_env()
         weights = resolve_ultralytics_weights(cfg.model)
@@ -411,13 +415,58 @@ class PoseStage(RowStage):
     def __init__(self, cfg: PoseConfig, estimator: PoseEstimator | None = None):
         self.cfg = cfg
         self.estimator = estimator if estimator is not None else build_estimator(cfg)
+        self._predicted: dict[int, tuple[list[np.ndarray], list[list[Person]]]] = {}
 
-    def _people(self, frames: list[np.ndarray], timestamps: Sequence[float]) -> list[list[Person]]:
-        tracker = getattr(self.estimator, "track", None)
+    def __call__(self, batch: Batch) -> Batch:
+        rows = to_rows(batch)
+        if getattr(self.estimator, "frames_across_videos", False) and len(rows) > 1:
+            self._predicted = self._predict_across_videos(rows)
+        try:
+            return to_batch([self.run_row(row) for row in rows])
+        finally:
+            self._predicted = {}
+
+    def _tracks(self, timestamps: Sequence[float]) -> bool:
         ucfg = self.cfg.ultralytics
-        people = None
-        if tracker is not None and ucfg.tracker and dense_enough(timestamps, ucfg.track_max_gap_s):
-            people = tracker(frames)
+        return (getattr(self.estimator, "track", None) is not None and bool(ucfg.tracker)
+                and dense_enough(timestamps, ucfg.track_max_gap_s))
+
+    def _predict_across_videos(self, rows: list[dict]) -> dict[int, tuple[list, list]]:
+        """One `predict` over the frames of every video of the batch, split back per video.
+
+        Videos that go to the tracker (state per video) or whose frames do not decode are
+        left to `process`, where a failure stays that video's own.
+        """
+        frames_of: dict[int, list[np.ndarray]] = {}
+        for i, row in enumerate(rows):
+            if row.get("status") not in (None, "ok") or not row.get("frames_jpeg"):
+                continue
+            if self._tracks(row.get("timestamps") or []):
+                continue
+            try:
+                frames_of[i] = [decode_jpeg_rgb(j) for j in row["frames_jpeg"]]
+            except Exception:  # noqa: BLE001 - reported by process() for this video alone
+                continue
+        if len(frames_of) < 2:
+            return {}
+        flat = [f for frames in frames_of.values() for f in frames]
+        try:
+            people = self.estimator.predict(flat)
+        except Exception as exc:  # noqa: BLE001 - fall back to one call per video
+            log.warning("pose: predict across %d videos failed (%s); one video at a time",
+                        len(frames_of), exc)
+            return {}
+        out, start = {}, 0
+        for i, frames in frames_of.items():
+            out[id(rows[i])] = (frames, people[start:start + len(frames)])
+            start += len(frames)
+        return out
+
+    def _people(self, frames: list[np.ndarray], timestamps: Sequence[float],
+                predicted: list[list[Person]] | None = None) -> list[list[Person]]:
+        people = predicted
+        if people is None and self._tracks(timestamps):
+            people = self.estimator.track(frames)  # type: ignore[attr-defined]
             # A tracker that leaves people without ids (scores under its thresholds) gives
             # no usable tracks: link them ourselves instead.
             if all(p.track_id is not None for ps in people for p in ps):
@@ -429,11 +478,13 @@ class PoseStage(RowStage):
         return people
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        frames = [decode_jpeg_rgb(j) for j in row.get("frames_jpeg") or []]
+        frames, predicted = self._predicted.get(id(row), (None, None))
+        if frames is None:
+            frames = [decode_jpeg_rgb(j) for j in row.get("frames_jpeg") or []]
         if not frames:
             row.update(persons_json=json.dumps([]), subject_json=None, subject_crops_jpeg=None)
             return row
-        people = self._people(frames, row.get("timestamps") or [])
+        people = self._people(frames, row.get("timestamps") or [], predicted)
         row["persons_json"] = json.dumps([[p.to_json() for p in ps] for ps in people])
         subject_id = choose_subject(people, self.cfg.subject_rule)
         if subject_id is None:

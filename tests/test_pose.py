@@ -308,3 +308,31 @@ def test_ultralytics_refuses_a_torch_loaded_after_decord(tmp_path):
         assert "refused: libnvblas was loaded before torch" in done.stdout
     else:  # a decord build without the CUDA preload: nothing to refuse
         assert "refused" not in done.stdout
+
+
+def test_ultralytics_predicts_across_the_videos_of_a_batch(yolo, clips_dir, monkeypatch):
+    # Two real videos (sparse frames: no tracker) go to the model in one predict call, so a
+    # GPU batch larger than one video's frames is filled; each video gets back its own people.
+    cfg = PoseConfig(backend="ultralytics",
+                     ultralytics=yolo.cfg.model_copy(update={"tracker": None}))
+    stage = PoseStage(cfg, estimator=yolo)
+    videos = [decoded(clips_dir / "kinetics_ta_chi.mp4", 8),
+              decoded(clips_dir / "pose2sim_single_cam01.mp4", 8)]
+    alone = [stage(as_batch(dict(v))) for v in videos]
+    failed = {"video_uri": "bad.mp4", "video_id": "b", "status": "failed",
+              "reason": "decode: not_a_video: x", "frames_jpeg": None}
+    garbage = {"video_uri": "g.mp4", "video_id": "g", "status": "ok",
+               "frames_jpeg": [b"not a jpeg"], "timestamps": [0.0]}
+    calls: list[int] = []
+    real_predict = yolo.predict
+    monkeypatch.setattr(yolo, "predict", lambda frames: calls.append(len(frames)) or real_predict(frames))
+    out = stage(as_batch(dict(videos[0]), failed, dict(videos[1]), garbage))
+
+    assert calls == [len(videos[0]["frames_jpeg"]) + len(videos[1]["frames_jpeg"])]
+    assert out["status"] == ["ok", "failed", "ok", "failed"]
+    assert out["reason"][1] == failed["reason"]
+    assert out["reason"][3].startswith("pose: error: ValueError: a sampled frame is not a decodable JPEG")
+    for pos, single in zip((0, 2), alone):
+        assert out["persons_json"][pos] == single["persons_json"][0]
+        assert out["subject_json"][pos] == single["subject_json"][0]
+    assert out["persons_json"][0] != out["persons_json"][2]
