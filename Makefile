@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SHARED ?= ../shared
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv vllm-venv demo test bench clean
 
@@ -30,7 +31,7 @@ test: venv vllm-venv
 	PROXYQA_SHARED=$(SHARED) YOLO_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(PY) bench/run_all.py
+	PROXYQA_SHARED=$(SHARED) YOLO_OFFLINE=1 $(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out .cache demo-data
