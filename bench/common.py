@@ -110,6 +110,13 @@ def warm_page_cache(folder: Path) -> None:
         path.read_bytes()
 
 
+def bench_input(count: int) -> tuple[Path, list[dict]]:
+    """`count` distinct videos on disk, in the page cache, and their listing records."""
+    folder = make_videos(count)
+    warm_page_cache(folder)
+    return folder, video_records(folder)
+
+
 # ------------------------------------------------------------------ machine and load
 
 def machine() -> dict[str, Any]:

@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline.graph import init_ray
     from pipeline.run import open_run
 
-    folder = common.make_videos(n)
-    common.warm_page_cache(folder)
-    videos = common.video_records(folder)
+    folder, videos = common.bench_input(n)
     cfg = common.bench_config(args.set)
     result: dict[str, Any] = {"videos": n, "input": str(folder), "overrides": args.set,
                               "resources": {k: getattr(cfg, k).resources.model_dump()

@@ -247,9 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     from stages.tasks import BuildTasksStage
     from stages.write import ShardWriterStage
 
-    folder = common.make_videos(n)
-    common.warm_page_cache(folder)
-    rows = common.video_records(folder)
+    folder, rows = common.bench_input(n)
     cfg = common.bench_config()
     load_before = common.machine()["load_avg"]
     with tempfile.TemporaryDirectory(prefix="proxyqa-bench-") as tmp:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from pipeline.config import S3Config
 from pipeline.reader import RunError, iter_rows, load_json, resolve_run
 from pipeline.schema import COCO17, TASK_FAMILY
-from pipeline.storage import get_fs, join
+from pipeline.storage import ensure_dir, get_fs, join, write_bytes_atomic
 
 # COCO-17 skeleton, as index pairs into COCO17.
 SKELETON = [(5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12), (11, 12),
@@ -169,14 +169,6 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
 
 
-def _error_kind(error: Any) -> str:
-    """{"task"|"stage": ..., "kind": ...} -> 'pose_description: timeout'."""
-    if not isinstance(error, dict):
-        return str(error)[:80]
-    where = error.get("task") or error.get("stage") or "?"
-    return f"{where}: {error.get('kind') or 'error'}"
-
-
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in str(text).splitlines())
 
@@ -190,12 +182,10 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
     report = load_json(run_uri, "report.json", s3)
     stats = run_stats(run_uri, s3)
     fs, out_path = get_fs(out, s3)
-    fs.makedirs(out_path, exist_ok=True)
+    ensure_dir(fs, out_path)      # never creates a bucket
 
     def put(rel: str, data: bytes) -> str:
-        path = posixpath.join(out_path, rel)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data)
+        write_bytes_atomic(fs, posixpath.join(out_path, rel), data)
         return rel
 
     tasks = list(stats["rows_by_task"])
@@ -264,7 +254,7 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
             md += [f"... and {len(not_ok) - 50} more (see report.json).", ""]
     else:
         md += ["Every listed video was processed.", ""]
-    errors = Counter(_error_kind(e) for v in report["videos"] for e in v.get("errors") or [])
+    errors = Counter(counts.get("task_errors_by_kind", {}))
     if errors:
         md += ["Non-fatal per-sample errors (the video's other rows were kept):", "",
                _table(["where: kind", "count"], errors.most_common(20)), ""]

@@ -6,8 +6,9 @@ import sys
 import time
 
 from pipeline.config import ConfigError, config_hash, describe_fields, load_config
-from pipeline.run import OutputError, _one_line, commit, open_run, plan_run
+from pipeline.run import OutputError, commit, open_run, plan_run
 from pipeline.sources import SourceError, list_videos
+from stages.base import one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,10 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.input = args.input
     if args.output:
         cfg.output = args.output
+    if cfg.pose.backend != "none":   # e.g. missing weights: exit 2 before anything starts
+        from stages.pose import check_pose_config
+
+        check_pose_config(cfg.pose)
     chash = config_hash(cfg)
     videos = list_videos(cfg)
     run = open_run(cfg, chash, args.run_id)
-    plan = plan_run(run, videos, incremental=args.incremental and not args.full)
+    plan = plan_run(run, videos, incremental=args.incremental)
     print(f"proxyqa: run {run.run_id}: {len(videos)} videos listed, {len(plan.todo)} to process"
           + (f", {len(plan.carried)} unchanged since run {plan.base.run_id}" if plan.base else "")
           + (f" (resuming, {len(plan.done)} already done)" if plan.done else ""), flush=True)
@@ -57,8 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             for _ in execute(cfg, run, plan.todo):
                 pass
         manifest = commit(run, cfg, videos, plan, started, cfg.input or "")
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - e.g. output storage down: one line, resumable
-        raise RunIncomplete(f"run {run.run_id} did not complete ({_one_line(exc)}); "
+        raise RunIncomplete(f"run {run.run_id} did not complete ({one_line(exc)}); "
                             "run the same command again to resume it") from exc
     _print_summary(run, manifest)
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -405,7 +406,7 @@ def _strip(tree: Any) -> Any:
     return tree
 
 
-def config_hash(cfg: Config, extra: dict | None = None) -> str:
+def config_hash(cfg: Config) -> str:
     """Hash of everything that decides the content of the rows (not where or how fast)."""
     from pipeline import __version__
     from pipeline.schema import SCHEMA_VERSION
@@ -418,14 +419,32 @@ def config_hash(cfg: Config, extra: dict | None = None) -> str:
     else:
         tree["mllm"] = {"enabled": False}  # settings of a disabled MLLM change no rows
     tree["versions"] = {"pipeline": __version__, "schema": SCHEMA_VERSION}
-    tree.update(extra or {})
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+MASK = "**********"
+_SECRET_KEY = re.compile(r"token|secret|passw|credential|api_?key|(^|_)key$", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+
+
 def public_dump(cfg: Config) -> dict:
-    """Config as JSON for manifests: secrets masked."""
-    return cfg.model_dump(mode="json")  # SecretStr dumps as '**********'
+    """Config as JSON for manifests: secrets masked. SecretStr fields dump as MASK; so do
+    free-form values under secret-looking keys (e.g. mllm.engine.engine_kwargs.hf_token)
+    and the user:password part of URLs (endpoint_url, base_url)."""
+    return _scrub(cfg.model_dump(mode="json"))
+
+
+def _scrub(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, key) for v in value]
+    if isinstance(value, str):
+        if value and _SECRET_KEY.search(key):
+            return MASK
+        return _URL_USERINFO.sub(rf"\1{MASK}@", value)
+    return value
 
 
 def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -9,9 +9,11 @@ import json
 from typing import Any
 
 from pipeline.config import MLLMConfig
-from stages.base import add_error
-from stages.mllm import (MLLM_TASKS, Request, description_request, difference_request,
-                         json_schema, parse_reply, qa_request, rows_from_reply)
+from pipeline.schema import MLLM_TASKS
+from stages.base import add_error, message_line
+from stages.mllm import (Request, add_samples, description_request,
+                         difference_request, generator_info, json_schema, parse_reply, qa_request,
+                         sampling_params)
 from stages.sampling import RunContext
 
 STATE = "mllm_state_json"   # passes requests and the description between passes
@@ -38,9 +40,7 @@ class EnginePre:
 
     def __call__(self, row: dict) -> dict[str, Any]:
         req = self.request(row)
-        s = self.cfg.sampling
-        sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-                    "seed": s.seed, "structured_outputs": {"json": json_schema(self.task)}}
+        sampling = {**sampling_params(self.cfg), "structured_outputs": {"json": json_schema(self.task)}}
         if req is None:  # nothing to ask: a 1-token no-op keeps the row in the stream
             messages = [{"role": "user", "content": [{"type": "text", "text": "-"}]}]
             sampling.update(max_tokens=1, structured_outputs=None)
@@ -74,18 +74,16 @@ class EnginePost:
             try:
                 parsed = parse_reply(self.task, row.get("generated_text") or "")
             except ValueError as exc:
-                add_error(out, self.task, "mllm_invalid_output", str(exc).splitlines()[0])
+                add_error(out, self.task, "mllm_invalid_output", message_line(exc)[:200])
             else:
                 if self.task == "pose_description":
                     state["description"] = parsed
-                generator = {"model": self.cfg.engine.model_source, "mode": "engine", "task": self.task,
-                             "prompt_version": req.prompt_version,
-                             "prompt_tokens": row.get("num_input_tokens"),
-                             "completion_tokens": row.get("num_generated_tokens"),
-                             "latency_s": row.get("time_taken_llm")}
-                samples = rows_from_reply(out, req, parsed, generator, self.ctx, self.min_score)
-                out["samples"] = list(out.get("samples") or []) + [
-                    s for s in samples if not (s["verified"] is False and self.cfg.on_verify_fail == "drop")]
+                # One engine call, no retries; vLLM's batch output has no finish_reason.
+                usage = {"prompt_tokens": row.get("num_input_tokens"),
+                         "completion_tokens": row.get("num_generated_tokens"),
+                         "latency_s": row.get("time_taken_llm"), "attempts": 1, "finish_reason": None}
+                add_samples(out, req, parsed, generator_info(self.cfg, "engine", req, usage),
+                            self.cfg, self.ctx, self.min_score)
         out[STATE] = json.dumps(state)
         return out
 

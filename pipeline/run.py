@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.config import Config, public_dump
 from pipeline.ledger import (Base, carry_shards, existing_shards, load_base, plan_carry,
-                             retry_errors, run_key, shard_run_id, write_snapshot)
+                             retry_errors, run_key, shard_run_id, shard_task, write_snapshot)
 from pipeline.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
 from pipeline.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
+from stages.base import one_line
 from stages.write import VIDEOS_DIR, parquet_bytes
 
 RUN_META = "_run.json"
@@ -76,16 +77,13 @@ def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
     try:
         fs, root = get_fs(cfg.output, cfg.s3)
         ensure_dir(fresh(fs), posixpath.join(root, "runs"))
-        run_id = run_id or cfg.run_id
-        resumed = False
-        if run_id is None:
-            run_id, resumed = _find_resumable(fs, root, config_hash), True
+        run_id = given or _find_resumable(fs, root, config_hash)
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any storage error means "cannot write here"
-        raise OutputError(f"output {cfg.output} is not usable: {_one_line(exc)}") from None
+        raise OutputError(f"output {cfg.output} is not usable: {one_line(exc)}") from None
     if run_id is None:
-        run_id, resumed = _new_run_id(fs, root, config_hash), False
+        run_id = _new_run_id(fs, root, config_hash)
     run = Run(cfg.output, run_id, config_hash, fs, root)
     if _is_complete(fs, run.path):
         raise OutputError(f"run {run_id} is already complete; choose another run_id")
@@ -94,14 +92,13 @@ def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
         meta = json.loads(fs.cat_file(meta_path))
         if meta.get("config_hash") != config_hash:
             raise OutputError(f"run {run_id} was started with another config ({meta.get('config_hash')})")
-        run.resumed = True
+        run.resumed = True   # its _run.json exists: given again, or found by _find_resumable
     else:
         try:
             write_bytes_atomic(fs, meta_path, json.dumps(
                 {"run_id": run_id, "config_hash": config_hash, "started_at": _now()}).encode())
         except Exception as exc:  # noqa: BLE001
-            raise OutputError(f"output {cfg.output} is not writable: {_one_line(exc)}") from None
-    run.resumed = run.resumed or resumed
+            raise OutputError(f"output {cfg.output} is not writable: {one_line(exc)}") from None
     return run
 
 
@@ -115,11 +112,6 @@ def _new_run_id(fs, root: str, config_hash: str) -> str:
         if not fs.exists(posixpath.join(root, "runs", run_id)):
             return run_id
         time.sleep(0.002)
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]
 
 
 def _find_resumable(fs, root: str, config_hash: str) -> str | None:
@@ -209,7 +201,7 @@ def _finalize_own_shards(run: Run, keep_ids: set[str], compression: str,
             write_bytes_atomic(run.fs, path, data)
             size = len(data)
         key = posixpath.relpath(path, run.root)
-        task = posixpath.basename(posixpath.dirname(key)).split("=", 1)[1]
+        task = shard_task(key)
         kept_vids = [v for v, k in zip(vids, keep) if k]
         for vid in kept_vids:
             rows_of[vid][task] += 1
@@ -293,7 +285,7 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
             if v["status"] != "ok" and "carried_from" not in v).items())),
         # Non-fatal per-task problems of ok videos (MLLM retries exhausted, no subject, ...).
         "task_errors_by_kind": dict(sorted(Counter(
-            f"{e.get('task') or e.get('stage')}: {e['kind']}" for v in videos
+            f"{e['task']}: {e['kind']}" for v in videos
             for e in v.get("errors") or []).items())),
     }
     report = {"run_id": run.run_id, "videos": videos, "counts": counts}
@@ -339,12 +331,3 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def latest_run_uri(output: str, s3=None) -> str | None:
-    """The last complete run under `output`, or None."""
-    fs, root = get_fs(output, s3)
-    path = posixpath.join(root, "latest")
-    if not fresh(fs).exists(path):
-        return None
-    return join(output, fs.cat_file(path).decode().strip())

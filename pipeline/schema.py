@@ -25,6 +25,8 @@ TASK_FAMILY = {
     "pose_difference": "temporal",
     "synthesized_qa": "both",
 }
+# Tasks whose answers the MLLM writes (in this order: each may depend on the one before).
+MLLM_TASKS = ("pose_description", "pose_difference", "synthesized_qa")
 
 KEYPOINTS_TYPE = pa.list_(pa.list_(pa.list_(pa.float32())))
 

@@ -90,6 +90,21 @@ def _list_folder(fs, root: str, exts: tuple[str, ...]) -> Iterable[tuple[str, di
 
 
 def _read_manifest(fs, path: str) -> list[str]:
+    try:
+        uris = _manifest_uris(fs, path)
+    except SourceError:
+        raise
+    except (OSError, ValueError) as exc:   # undecodable text, not Parquet, ...
+        raise SourceError(f"manifest {path} cannot be read: {exc.__class__.__name__}: "
+                          f"{str(exc)[:200]}") from None
+    for n, uri in enumerate(uris, 1):
+        if not isinstance(uri, str) or not uri.strip():
+            raise SourceError(f"manifest {path} entry {n}: 'uri' must be a non-empty string, "
+                              f"got {uri!r:.80}")
+    return [u.strip() for u in uris]
+
+
+def _manifest_uris(fs, path: str) -> list:
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -98,7 +113,7 @@ def _read_manifest(fs, path: str) -> list[str]:
             table = pq.read_table(fh)
         if "uri" not in table.column_names:
             raise SourceError(f"manifest {path} has no 'uri' column")
-        return [u for u in table.column("uri").to_pylist() if u]
+        return table.column("uri").to_pylist()
     text = fs.cat_file(path).decode("utf-8")
     if lower.endswith(".txt"):
         return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
@@ -106,7 +121,7 @@ def _read_manifest(fs, path: str) -> list[str]:
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and "uri" not in rows[0]:
             raise SourceError(f"manifest {path} has no 'uri' column")
-        return [r["uri"].strip() for r in rows if r.get("uri", "").strip()]
+        return [r["uri"] for r in rows]
     uris = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -123,6 +138,8 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
     uri = input_uri or cfg.input
     if not uri:
         raise SourceError("no input given (--input or `input:` in the config)")
+    if not _supported(uri):
+        raise SourceError(f"input {uri}: only local paths and s3:// are supported")
     fs, path = get_fs(uri, cfg.s3)
     fresh(fs)  # a long-lived process (tests, notebooks) must see objects added since
     exts = tuple(e.lower() for e in cfg.video_extensions)
@@ -138,6 +155,11 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
     elif path.lower().endswith(MANIFEST_SUFFIXES):
         records = []
         for item in _read_manifest(fs, path):
+            if not _supported(item):
+                # Workers read local files and S3 only: say so instead of failing later.
+                records.append(_record(item, None, "listing: unsupported_scheme: "
+                                       f"{item.split('://', 1)[0]}:// (local paths and s3:// only)"))
+                continue
             item_fs, item_path = get_fs(item, cfg.s3)
             info, err = _stat(item_fs, item_path)
             records.append(_record(full_uri(item_fs, item_path), info, err))
@@ -151,6 +173,10 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
             info, err = _stat(fs, p)
         records.append(_record(full_uri(fs, p), info, err))
     return _dedupe(records)
+
+
+def _supported(uri: str) -> bool:
+    return "://" not in uri or uri.startswith(("file://", "s3://", "s3a://"))
 
 
 def _dedupe(records: list[dict]) -> list[dict]:

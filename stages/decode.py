@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import DecodeConfig, Limits, S3Config
-from stages.base import RowStage, StageError, add_error
+from stages.base import RowStage, StageError, add_error, message_line, one_line
 
 # Container signatures: a file that has one but fails to open is damaged, not a non-video.
 _SIGNATURES = {
@@ -26,11 +26,6 @@ HEAD_BYTES = 1 << 16
 # was cut short (the frames past the cut are gone, the rest would decode as a shorter clip).
 MISSING_FRAMES_TOLERANCE = 0.1
 FALLBACK_CHUNK = 4   # frames decoded at native size at a time when decoder-side resize fails
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {lines[0] if lines else ''}"[:200]
 
 
 def _utf8(path: str) -> bool:
@@ -136,7 +131,7 @@ class DecodeStage(RowStage):
         except FileNotFoundError:
             raise StageError("missing", "file not found") from None
         except Exception as exc:  # noqa: BLE001 - storage down, permissions: a failed row, retried next run
-            raise StageError("unreadable", _one_line(exc)) from None
+            raise StageError("unreadable", one_line(exc, 200)) from None
 
     def _reader(self, source: Any, **kwargs):
         from decord import VideoReader
@@ -164,7 +159,7 @@ class DecodeStage(RowStage):
         try:
             probe = self._reader(source)
         except Exception as exc:  # decord raises RuntimeError/DECORDError with ffmpeg text
-            msg = str(exc).splitlines()[0][:160]
+            msg = message_line(exc)[:160]
             if kind is None:
                 raise StageError("not_a_video", f"no known video container signature ({msg})") from None
             if "stream" in msg.lower():
@@ -215,7 +210,7 @@ class DecodeStage(RowStage):
                                for f in chunk)
             times = self._times(reader, idx)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[-1][:160]
+            msg = message_line(exc, last=True)[:160]
             raise StageError("truncated_or_corrupt", f"frames cannot be decoded ({msg})") from None
         if len(resized) != len(idx):
             raise StageError("truncated_or_corrupt", f"decoded {len(resized)} of {len(idx)} frames")

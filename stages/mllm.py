@@ -17,15 +17,15 @@ from typing import Any, Literal, Optional
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import MLLMConfig
+from pipeline.schema import MLLM_TASKS
 from stages import posecodes, prompts
-from stages.base import RowStage, add_error
+from stages.base import RowStage, add_error, message_line
 from stages.sampling import RunContext, make_sample, rng_for
 from stages.verify import Verdict, check_motion, check_states
 
-MLLM_TASKS = ("pose_description", "pose_difference", "synthesized_qa")
 Part = Literal["head", "torso", "left_arm", "right_arm", "left_leg", "right_leg"]
 PART_TITLES = {"head": "Head", "torso": "Torso", "left_arm": "Left arm", "right_arm": "Right arm",
                "left_leg": "Left leg", "right_leg": "Right leg"}
@@ -117,12 +117,16 @@ def _hints(facts: dict) -> str:
     return "\n".join(lines) or "- (no confident measurements)"
 
 
-def _subject_note(row: dict, subject: dict, pos: int) -> str:
+def _subject_note(row: dict, subject: dict, positions: list[int]) -> str:
+    """Names the subject by its box (in the first image) when any shown frame has others."""
     people = json.loads(row.get("persons_json") or "[]")
-    if pos < len(people) and len(people[pos]) > 1 and subject["boxes"][pos]:
-        box = ", ".join(str(int(round(v * 1000))) for v in subject["boxes"][pos])
-        return f" (the person in the box [{box}], coordinates 0-1000 of the image)"
-    return ""
+    crowded = any(p < len(people) and len(people[p]) > 1 for p in positions)
+    pos = positions[0]
+    if not crowded or not subject["boxes"][pos]:
+        return ""
+    box = ", ".join(str(int(round(v * 1000))) for v in subject["boxes"][pos])
+    where = "of the image" if len(positions) == 1 else "of Image 1"
+    return f" (the person in the box [{box}], coordinates 0-1000 {where})"
 
 
 def description_request(row: dict, ctx: RunContext, min_score: float) -> Optional[Request]:
@@ -135,7 +139,7 @@ def description_request(row: dict, ctx: RunContext, min_score: float) -> Optiona
     crops = row.get("subject_crops_jpeg") or []
     use_crop = pos < len(crops) and crops[pos] is not None
     image = crops[pos] if use_crop else row["frames_jpeg"][pos]
-    note = "" if use_crop else _subject_note(row, subject, pos)
+    note = "" if use_crop else _subject_note(row, subject, [pos])
     prompt, version = prompts.render("pose_description", hints=_hints(facts), subject_note=note)
     return Request("pose_description", prompt, version, [image], [pos],
                    {"image": "subject_crop" if use_crop else "frame"})
@@ -158,7 +162,7 @@ def difference_request(row: dict, ctx: RunContext, min_score: float, min_motion:
              if m.vertical]
     seconds = f"{row['timestamps'][b] - row['timestamps'][a]:.2f}"
     prompt, version = prompts.render(
-        "pose_difference", seconds=seconds, subject_note=_subject_note(row, subject, a),
+        "pose_difference", seconds=seconds, subject_note=_subject_note(row, subject, [a, b]),
         hints="\n".join(hints) or "- (no confident measurements)")
     return Request("pose_difference", prompt, version, [row["frames_jpeg"][a], row["frames_jpeg"][b]],
                    [a, b])
@@ -241,10 +245,6 @@ class EndpointClient:
         self._failures = 0
         self._lock = threading.Lock()
 
-    def sampling(self) -> dict[str, Any]:
-        s = self.cfg.sampling
-        return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
-
     def _structured(self, task: str) -> dict[str, Any]:
         schema = json_schema(task)
         if self.cfg.endpoint.structured_output == "none":
@@ -269,7 +269,7 @@ class EndpointClient:
             try:
                 resp = self.client.chat.completions.create(
                     model=ep.model, messages=req.messages(self.cfg.image_max_side),
-                    **self.sampling(), **self._structured(req.task))
+                    **sampling_params(self.cfg), **self._structured(req.task))
                 text = resp.choices[0].message.content or ""
                 parsed = parse_reply(req.task, text)
                 with self._lock:
@@ -291,11 +291,35 @@ class EndpointClient:
                 last_kind, last_detail = f"mllm_http_{exc.status_code}", str(exc.message)[:200]
                 if exc.status_code < 500 and exc.status_code != 429:
                     raise MLLMCallError(last_kind, last_detail, attempt) from None
-            except (ValidationError, ValueError) as exc:
-                last_kind, last_detail = "mllm_invalid_output", str(exc).splitlines()[0][:200]
+            except ValueError as exc:   # invalid JSON or schema (pydantic's ValidationError)
+                last_kind, last_detail = "mllm_invalid_output", message_line(exc)[:200]
             if attempt <= ep.max_retries:
                 time.sleep(ep.backoff_s * 2 ** (attempt - 1))
         raise MLLMCallError(last_kind, last_detail, ep.max_retries + 1)
+
+
+def sampling_params(cfg: MLLMConfig) -> dict[str, Any]:
+    s = cfg.sampling
+    return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
+
+
+def generator_info(cfg: MLLMConfig, mode: str, req: Request, usage: dict) -> dict[str, Any]:
+    """The row's `generator` provenance, the same in endpoint and engine mode."""
+    model = cfg.endpoint.model if mode == "endpoint" else cfg.engine.model_source
+    return {"model": model, "mode": mode, "task": req.task, "prompt_version": req.prompt_version,
+            "sampling": sampling_params(cfg), "image": req.meta.get("image", "frame"), **usage}
+
+
+def add_samples(row: dict, req: Request, parsed: dict, generator: dict, cfg: MLLMConfig,
+                ctx: RunContext, min_score: float) -> None:
+    """Verified samples of one reply appended to row["samples"]; with on_verify_fail=drop
+    the contradicted ones are left out and counted as a `verify_failed_dropped` error."""
+    samples = rows_from_reply(row, req, parsed, generator, ctx, min_score)
+    kept = [s for s in samples if not (s["verified"] is False and cfg.on_verify_fail == "drop")]
+    if len(kept) < len(samples):
+        add_error(row, req.task, "verify_failed_dropped",
+                  f"{len(samples) - len(kept)} row(s) contradicted the pose geometry")
+    row["samples"] = list(row.get("samples") or []) + kept
 
 
 class MLLMStage(RowStage):
@@ -317,24 +341,14 @@ class MLLMStage(RowStage):
         with ThreadPoolExecutor(max_workers=self.cfg.endpoint.concurrency) as pool:
             return to_batch(list(pool.map(self.run_row, rows)))
 
-    def generator(self, req: Request, usage: dict) -> dict:
-        return {"model": self.cfg.endpoint.model, "mode": "endpoint", "task": req.task,
-                "prompt_version": req.prompt_version, "sampling": self.client.sampling(),
-                "image": req.meta.get("image", "frame"), **usage}
-
     def _run(self, row: dict, req: Request) -> Optional[dict]:
         try:
             parsed, usage = self.client.call(req)
         except MLLMCallError as exc:
             add_error(row, req.task, exc.kind, exc.detail, attempts=exc.attempts)
             return None
-        samples = rows_from_reply(row, req, parsed, self.generator(req, usage), self.ctx, self.min_score)
-        kept = [s for s in samples if not (s["verified"] is False and self.cfg.on_verify_fail == "drop")]
-        if len(kept) < len(samples):
-            add_error(row, req.task, "verify_failed_dropped",
-                      f"{len(samples) - len(kept)} row(s) contradicted the pose geometry")
-        row.setdefault("samples", [])
-        row["samples"] = list(row["samples"] or []) + kept
+        add_samples(row, req, parsed, generator_info(self.cfg, "endpoint", req, usage),
+                    self.cfg, self.ctx, self.min_score)
         return parsed
 
     def process(self, row: dict) -> dict:

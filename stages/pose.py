@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import ConfigError, MediaPipeConfig, PoseConfig, UltralyticsConfig
-from stages.base import Batch, RowStage, to_batch, to_rows
+from stages.base import Batch, RowStage, add_error, to_batch, to_rows
 from stages.decode import encode_jpeg
 from stages.track import associate, box_iou, choose_subject
 
@@ -489,7 +489,7 @@ class PoseStage(RowStage):
         subject_id = choose_subject(people, self.cfg.subject_rule)
         if subject_id is None:
             row.update(subject_json=None, subject_crops_jpeg=None)
-            _note_error(row, "no_person", f"no person found in {len(frames)} sampled frames")
+            add_error(row, "pose", "no_person", f"no person found in {len(frames)} sampled frames")
             return row
         mine = [next((p for p in ps if p.track_id == subject_id), None) for ps in people]
         row["subject_json"] = json.dumps({
@@ -506,9 +506,3 @@ class PoseStage(RowStage):
             for f, p in zip(frames, mine)
         ]
         return row
-
-
-def _note_error(row: dict, kind: str, detail: str) -> None:
-    errors = json.loads(row.get("errors_json") or "[]")
-    errors.append({"stage": "pose", "kind": kind, "detail": detail})
-    row["errors_json"] = json.dumps(errors)

@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import TasksConfig
+from pipeline.schema import MLLM_TASKS   # their rows come from the MLLM stage, not a builder here
 from stages.base import RowStage
 from stages.sampling import RunContext
 from stages import tasks_motion, tasks_spatial, tasks_temporal
-
-# Tasks whose rows come from other stages (the MLLM stage) rather than a builder here.
-MLLM_TASKS = {"pose_description", "pose_difference", "synthesized_qa"}
 
 
 class BuildTasksStage(RowStage):
@@ -20,7 +18,7 @@ class BuildTasksStage(RowStage):
     def __init__(self, cfg: TasksConfig, ctx: RunContext, min_keypoint_score: float = 0.5):
         self.cfg, self.ctx = cfg, ctx
         self.min_score = min_keypoint_score
-        known = set(BUILDERS) | MLLM_TASKS
+        known = set(BUILDERS) | set(MLLM_TASKS)
         unknown = [t for t in cfg.enabled if t not in known]
         if unknown:
             raise ValueError(f"unknown task(s) in tasks.enabled: {unknown}; known: {sorted(known)}")

@@ -40,25 +40,13 @@ def subject_frames(subject: dict) -> list[int]:
             if k is not None and p < len(boxes) and boxes[p] is not None]
 
 
-def _count_people(entry: Any) -> int:
-    if isinstance(entry, list):
-        return len(entry)
-    if isinstance(entry, dict):
-        for key in ("persons", "people", "boxes"):
-            if isinstance(entry.get(key), list):
-                return len(entry[key])
-    return 1
-
-
 def people_in_frames(row: dict, positions: Sequence[int]) -> int:
     """Most people detected in any of the given frames (1 when the row has no persons_json)."""
     text = row.get("persons_json")
     if not text:
         return 1
-    persons = json.loads(text)
-    if isinstance(persons, dict):
-        persons = persons.get("frames", [])
-    counts = [_count_people(persons[p]) for p in positions if p < len(persons)]
+    persons = json.loads(text)            # one list of people per sampled frame
+    counts = [len(persons[p]) for p in positions if p < len(persons)]
     return max(counts, default=1)
 
 
@@ -84,8 +72,10 @@ def subject_phrase(row: dict, subject: dict, positions: Sequence[int],
     return f"the person in the box {fmt_coords(box, coord_format)}", True
 
 
-def box_note(named: bool, coord_format: str = "0_1000") -> str:
-    return f" Box coordinates are {coord_words(coord_format)}." if named else ""
+def box_note(named: bool) -> str:
+    """For questions whose subject box subject_phrase wrote 0-1000 (body_part_state,
+    motion_compare); spatial_grounding states its own convention for box and answer."""
+    return f" Box coordinates are {coord_words('0_1000')}." if named else ""
 
 
 def part_words(part: str) -> str:
@@ -160,7 +150,7 @@ def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
         struct = {"part": part, key: [round(v, 5) for v in values]}
         samples.append(make_sample(
             row, "spatial_grounding", ctx, key=f"{pos}:{part}", positions=[pos],
-            question=ask + side_note(part), answer=fmt_coords(values, cfg.coord_format),
+            question=ask + side_note(part), answer=fmt_coords(struct[key], cfg.coord_format),
             answer_struct=struct, answer_source="geometry",
         ))
     return samples

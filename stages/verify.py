@@ -13,20 +13,24 @@ from typing import Any, Optional
 
 from stages import posecodes
 
-# (part kind, regex) -> posecode state. Part kinds: arm, leg, torso.
+# (part kind, regex) -> posecode state. Part kinds: arm, torso; legs: LEG_KEYWORDS.
 STATE_KEYWORDS: list[tuple[str, str, str]] = [
     ("arm", r"\b(raised|above (the|his|her|their) head|overhead|up in the air)\b", "raised above the head"),
     ("arm", r"\b(hanging|down by|at (the|his|her|their) side|lowered)\b", "hanging down by the side"),
     ("arm", r"\b(stretched out|outstretched|extended (out|sideways|to the side))\b",
      "stretched out away from the body"),
     ("arm", r"\b(bent|flexed)\b", "bent at the elbow"),
-    ("leg", r"\bstraight\b", "straight"),
-    ("leg", r"\b(thigh raised|knee raised|lifted|raised)\b", "bent with the thigh raised"),
-    ("leg", r"\b(bent|flexed)\b", "bent at the knee"),
     ("torso", r"\b(upright|vertical|erect)\b", "upright"),
     ("torso", r"\b(leaning|leans|tilted|bent forward|bending forward)\b", "leaning"),
     ("torso", r"\b(horizontal|lying)\b", "nearly horizontal"),
 ]
+# A leg state combines two facts (posecodes.LEG_STATES): straight or bent, thigh raised or
+# not; a phrase claims the one state its words decide ("raised" alone decides none).
+LEG_KEYWORDS = {"straight": r"\bstraight\b", "bent": r"\b(bent|flexed)\b",
+                "raised": r"\b(thigh raised|knee raised|lifted|raised)\b"}
+LEG_STATE_OF = {("straight", False): "straight", ("bent", False): "bent at the knee",
+                ("bent", True): "bent with the thigh raised",
+                ("straight", True): "held out straight with the thigh raised"}
 MOTION_KEYWORDS = [(r"\b(up|upward|upwards|raised|raises|lifted|lifts)\b", "up"),
                    (r"\b(down|downward|downwards|lowered|lowers|dropped|drops)\b", "down")]
 # Which tracked motion part stands for a described body part.
@@ -44,6 +48,11 @@ def state_claims(part: str, text: str) -> list[str]:
     if not text or NEGATION.search(text):
         return []
     kind, lowered = _kind(part), text.lower()
+    if kind == "leg":
+        said = {fact for fact, pattern in LEG_KEYWORDS.items() if re.search(pattern, lowered)}
+        shape = [s for s in ("straight", "bent") if s in said]
+        state = LEG_STATE_OF.get((shape[0], "raised" in said)) if len(shape) == 1 else None
+        return [state] if state else []
     return [state for k, pattern, state in STATE_KEYWORDS if k == kind and re.search(pattern, lowered)]
 
 

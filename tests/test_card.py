@@ -39,6 +39,8 @@ def test_card_of_small_run(small_run, tmp_path):
     for family, n in Counter(r["family"] for r in rows).items():
         assert re.search(rf"\| {family} \| {n} \|", text)
     assert f"rows: {len(rows)} in {len(manifest['shards'])} shards" in text
+    for kind, n in report["counts"]["task_errors_by_kind"].items():  # e.g. "pose: no_person"
+        assert f"| {kind} | {n} |" in text
     pngs = linked_pngs(out, text)
     names = {p.name for p in pngs}
     assert {"rows_per_task.png", "verification.png"} <= names

@@ -13,7 +13,8 @@ import yaml
 from conftest import REPO
 from pipeline.cli import _parser
 from pipeline.config import load_config
-from stages.tasks import BUILDERS, MLLM_TASKS
+from pipeline.schema import MLLM_TASKS
+from stages.tasks import BUILDERS
 
 CLUSTERS = REPO / "clusters"
 IMAGE_DIR = "/app"  # where clusters/Dockerfile puts the repo
@@ -94,7 +95,7 @@ def test_cluster_config_is_valid_and_uses_gpus_for_pose():
     cfg = load_config(CLUSTER_CONFIG)
     assert cfg.pose.backend == "ultralytics" and cfg.pose.resources.num_gpus >= 1
     assert cfg.decode.resources.num_gpus == 0 and cfg.tasks.resources.num_gpus == 0
-    unknown = set(cfg.tasks.enabled) - set(BUILDERS) - MLLM_TASKS
+    unknown = set(cfg.tasks.enabled) - set(BUILDERS) - set(MLLM_TASKS)
     assert not unknown, unknown
     assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://")
     assert cfg.s3.key is None and cfg.s3.secret is None, "credentials come from the AWS chain"

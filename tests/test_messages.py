@@ -222,6 +222,7 @@ def check_structure(row: dict, style: str, msgs: list[dict]) -> None:
 def test_real_rows_every_style(small_run):
     rows, _, _ = read_run(small_run)
     assert {r["task"] for r in rows} >= {"temporal_order", "temporal_direction"}
+    grounded = 0
     for row in rows:
         for style in STYLES:
             msgs = to_messages(row, style)
@@ -233,8 +234,10 @@ def test_real_rows_every_style(small_run):
                 assert answer_text(msgs) == row["answer"]          # no coordinates: kept
             struct = json.loads(row["answer_struct"])
             kind = "point" if "point" in struct else "box" if "box" in struct else None
-            if kind:                                   # grounding rows, once the run has them
+            if kind:                                   # spatial_grounding rows
                 check_grounding(row, style, msgs, struct[kind])
+                grounded += 1
+    assert grounded > 0, "the run wrote no grounding rows: nothing checked the coordinates"
 
 
 def check_grounding(row: dict, style: str, msgs: list[dict], normalised: list[float]) -> None:

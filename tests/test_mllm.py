@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, latest_run, read_run, run_cli
 from fault_proxy import FaultProxy
 from pose_helpers import make_pose_px, normalise
-from stages.mllm import MLLM_TASKS, parse_reply
+from pipeline.schema import MLLM_TASKS
+from stages.mllm import parse_reply
 from stages.verify import check_motion, check_states, state_claims
 
 W, H = 1000, 1100
@@ -32,6 +33,18 @@ def test_true_state_claims_verify_and_false_ones_do_not():
     # Left/right are the person's own: the RIGHT arm is not raised.
     swapped = check_states({"right_arm": "raised overhead"}, RAISED, W, H, 0.5).result()
     assert swapped[0] is False
+
+
+def test_each_state_name_claims_itself_alone():
+    # The prompt hints name states verbatim; a model that repeats one must claim that state
+    # and no other (a leg "bent with the thigh raised" is not also "bent at the knee").
+    from stages.posecodes import PART_STATES
+
+    for part, states in PART_STATES.items():
+        for state in states:
+            assert state_claims(part, f"The {part.replace('_', ' ')} is {state}.") == [state]
+    assert state_claims("left_leg", "the leg is raised") == []          # bent or straight?
+    assert state_claims("left_leg", "straight, then bent") == []
 
 
 def test_unparseable_or_negated_claims_leave_verified_null():
@@ -87,6 +100,45 @@ def test_engine_processors_are_built_from_config(tmp_path, monkeypatch):
     out = EnginePre("pose_description", cfg.mllm, ctx, 0.5)(row)
     assert out["sampling_params"]["structured_outputs"]["json"]["title"] == "PoseDescription"
     assert out["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+@pytest.mark.parametrize("on_fail", ["keep", "drop"])
+def test_engine_replies_are_verified_like_endpoint_ones(on_fail):
+    # The engine's output row (fields as ray.data.llm's vLLM stage writes them) goes through
+    # the same verification, drop rule and provenance as endpoint mode.
+    from pipeline.config import load_config
+    from pipeline.llm_engine import EnginePost, EnginePre
+    from stages.sampling import RunContext
+
+    cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", "mllm.engine.model_source=/m",
+                             f"mllm.on_verify_fail={on_fail}"])
+    ctx = RunContext("r", "h")
+    row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
+           "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
+           "frames_jpeg": [_jpeg(), _jpeg()], "subject_crops_jpeg": [_jpeg(), _jpeg()],
+           "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
+                                       "keypoints": [RAISED, RAISED]})}
+    pre = EnginePre("pose_description", cfg.mllm, ctx, 0.5)(row)
+    reply = {"head": "facing the camera", "torso": "upright",
+             "left_arm": "hanging down by the side",          # false: the left arm is raised
+             "right_arm": "hanging down by the side", "left_leg": "straight", "right_leg": "straight"}
+    out = EnginePost("pose_description", cfg.mllm, ctx, 0.5)(
+        {**pre, "generated_text": json.dumps(reply), "num_input_tokens": 321,
+         "num_generated_tokens": 45, "time_taken_llm": 0.7})
+    errors = json.loads(out.get("errors_json") or "[]")
+    if on_fail == "drop":
+        assert not out.get("samples")
+        assert [e["kind"] for e in errors] == ["verify_failed_dropped"]
+        return
+    assert not errors
+    (sample,) = out["samples"]
+    assert sample["verified"] is False
+    assert "left_arm: hanging down by the side" in sample["verify_reasons"]
+    gen = json.loads(sample["generator"]) if isinstance(sample["generator"], str) else sample["generator"]
+    assert gen["mode"] == "engine" and gen["model"] == "/m" and gen["attempts"] == 1
+    assert gen["prompt_tokens"] == 321 and gen["completion_tokens"] == 45
+    assert gen["sampling"]["max_tokens"] == cfg.mllm.sampling.max_tokens
+    assert gen["image"] in ("frame", "subject_crop")
 
 
 def _jpeg() -> bytes:
@@ -148,8 +200,8 @@ def test_invalid_json_is_retried_then_recorded(tmp_path, two_clips, vllm_server)
                            "--set", "mllm.endpoint.structured_output=none",
                            "--set", "mllm.endpoint.max_retries=1", "--set", "mllm.sampling.max_tokens=32")
     errors = _errors(report)
-    assert errors and all(e["kind"] == "mllm_invalid_output" and e["attempts"] == 2
-                          for e in errors if e["task"] != "synthesized_qa")
+    direct = [e for e in errors if e["task"] != "synthesized_qa"]   # the rest depend on them
+    assert direct and all(e["kind"] == "mllm_invalid_output" and e["attempts"] == 2 for e in direct)
     assert not [r for r in rows if r["answer_source"] == "mllm"]
     assert [r for r in rows if r["task"] == "temporal_order"]  # the rest of the video is kept
 
@@ -210,3 +262,21 @@ def test_server_killed_mid_run(tmp_path, clips_dir):
     unreachable = [e for e in _errors(report) if e["kind"] == "mllm_unreachable"]
     assert len({e["task"] for e in unreachable}) >= 2 and all(e["detail"] for e in unreachable)
     assert len([r for r in rows if r["task"] == "temporal_order"]) >= 3
+
+
+def test_difference_prompt_names_the_subject_when_either_frame_has_others():
+    from stages.mllm import difference_request
+    from stages.sampling import RunContext
+
+    other = normalise(make_pose_px(arms=((10, 175), (170, 175))), W, H)
+    box = [0.3, 0.1, 0.7, 0.9]
+    row = {"video_id": "v", "content_id": "c", "width": W, "height": H, "timestamps": [0.0, 1.0],
+           "frames_jpeg": [_jpeg(), _jpeg()],
+           "subject_json": json.dumps({"track_id": 1, "boxes": [box, box], "keypoints": [RAISED, other]})}
+    alone = [[{"box": box}], [{"box": box}]]
+    second_frame_crowded = [[{"box": box}], [{"box": box}, {"box": [0, 0, 0.2, 0.5]}]]
+    req = difference_request({**row, "persons_json": json.dumps(alone)}, RunContext("r", "h"), 0.5, 0.0)
+    assert req is not None and "the person in the box" not in req.prompt
+    req = difference_request({**row, "persons_json": json.dumps(second_frame_crowded)},
+                             RunContext("r", "h"), 0.5, 0.0)
+    assert "the person in the box [300, 100, 700, 900], coordinates 0-1000 of Image 1" in req.prompt

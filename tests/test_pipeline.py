@@ -88,6 +88,8 @@ def test_bad_files_beside_good_clips(tmp_path, clips_dir):
     (["--input", "/nonexistent/videos"], "input not found"),
     (["--set", "decode.bogus=1"], "unknown config key 'decode.bogus'"),
     (["--output", "/proc/forbidden/out"], "output"),
+    (["--set", "pose.backend=ultralytics", "--set", "pose.ultralytics.model=/nonexistent/w.pt"],
+     "ultralytics pose weights not found"),
 ])
 def test_cli_fails_fast_with_one_line_reason(args, message, clips_dir):
     proc = subprocess.run(
@@ -98,3 +100,4 @@ def test_cli_fails_fast_with_one_line_reason(args, message, clips_dir):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("proxyqa: error:") and message in last
+    assert "Started a local Ray instance" not in proc.stderr      # nothing started

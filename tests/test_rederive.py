@@ -170,6 +170,12 @@ def check_grounding(row, s):
     assert got == pytest.approx(expected, abs=2e-4)
     text, tol = convention_values(row["question"], row["answer"], len(expected))
     assert text == pytest.approx(expected, abs=tol)
+    # The answer text is the documented rounding of answer_struct's own values, exactly.
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", row["answer"])]
+    if "from 0 to 1000" in row["question"]:
+        assert nums == [round(1000 * v) for v in got], (row["answer"], got)
+    else:
+        assert nums == [float(f"{v:.3f}") for v in got], (row["answer"], got)
 
 
 def check_state(row, s):

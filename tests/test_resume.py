@@ -83,6 +83,8 @@ def test_crash_during_commit_is_invisible_and_recovers(baseline, tmp_path, monke
     shutil.copytree(base_out, out)
     latest_before = (out / "latest").read_text()
 
+    # A FAKE on purpose: no real crash can be placed exactly between the ledger and the
+    # manifest, so the manifest write raises instead (the kill -9 tests above are real).
     real_write = run_module.write_bytes_atomic
 
     def dies_at_manifest(fs, path, data):

@@ -73,3 +73,31 @@ def test_bad_manifest_and_missing_input_are_errors(tmp_path):
     bad.write_text("{oops\n")
     with pytest.raises(SourceError, match="line 1"):
         list_videos(_cfg(), str(bad))
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("m.jsonl", b'{"uri": null}\n', "entry 1: 'uri' must be a non-empty string"),
+    ("m.jsonl", b'{"uri": 5}\n', "entry 1: 'uri' must be a non-empty string"),
+    ("m.csv", b"id,uri\n1\n", "entry 1: 'uri' must be a non-empty string"),
+    ("m.txt", b"\xff\xfe/x.mp4\n", "cannot be read: UnicodeDecodeError"),
+    ("m.parquet", b"not parquet at all", "cannot be read: ArrowInvalid"),
+])
+def test_malformed_manifests_are_one_line_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=match):
+        list_videos(_cfg(), str(path))
+
+
+def test_unsupported_schemes_are_reported_not_fetched(tmp_path, clips_dir):
+    good = str(clips_dir / "kinetics_ta_chi.mp4")
+    path = tmp_path / "m.txt"
+    path.write_text(f"{good}\nhttps://example.invalid/a.mp4\nfoo://bar/x.mp4\n")
+    recs = list_videos(_cfg(), str(path))
+    assert [r["video_uri"] for r in recs] == [good, "https://example.invalid/a.mp4", "foo://bar/x.mp4"]
+    assert recs[0]["status"] is None
+    assert [r["reason"] for r in recs[1:]] == [
+        "listing: unsupported_scheme: https:// (local paths and s3:// only)",
+        "listing: unsupported_scheme: foo:// (local paths and s3:// only)"]
+    with pytest.raises(SourceError, match="only local paths and s3://"):
+        list_videos(_cfg(), "https://example.invalid/videos/")

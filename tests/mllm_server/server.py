@@ -31,7 +31,7 @@ STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": Tr
 
 
 def vllm_available() -> bool:
-    """Whether .venv-vllm was set up (tests skip otherwise)."""
+    """Whether .venv-vllm was set up (the vllm tests fail otherwise)."""
     return VLLM_PYTHON.exists() and (VLLM_VENV / ".proxyqa-setup-complete").exists()
 
 
