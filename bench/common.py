@@ -14,8 +14,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -89,16 +90,16 @@ def make_videos(count: int, root: Path = INPUTS) -> Path:
 
 
 def video_records(folder: Path) -> list[dict]:
-    """The listing records the pipeline would make for `folder` (pipeline.sources)."""
-    from pipeline.config import Config
-    from pipeline.sources import list_videos
+    """The listing records the pipeline would make for `folder` (proxyqa.pipeline.sources)."""
+    from proxyqa.core.config import Config
+    from proxyqa.pipeline.sources import list_videos
 
     return list_videos(Config(input=str(folder)))
 
 
 def bench_config(overrides: Sequence[str] = (), base: Path | None = REPO / "configs" / "local.yaml"):
     """The shipped local config (its tuned resources), all geometry tasks, plus overrides."""
-    from pipeline.config import load_config
+    from proxyqa.core.config import load_config
 
     return load_config(base, [f"tasks.enabled={json.dumps(GEOMETRY_TASKS)}",
                               "ray.progress_bars=false", *overrides])
@@ -208,7 +209,7 @@ def quiet_pass(run: Callable[[], Any], foreign: Callable[[Any], float], what: st
 class Clock:
     """Wall and process-CPU seconds of a block: `with Clock() as c: ...; c.wall`."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
@@ -304,7 +305,7 @@ class MemorySampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self._sample(first=True)
         self._thread.start()
         return self

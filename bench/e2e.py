@@ -2,9 +2,9 @@
 
     python bench/e2e.py [--videos 72] [--quick] [--set KEY=VALUE ...]
 
-Both run the stages of pipeline.graph.steps() (configs/local.yaml, all geometry tasks) on
+Both run the stages of proxyqa.pipeline.graph.steps() (configs/local.yaml, all geometry tasks) on
 the same copies of the real clips, into fresh run folders:
-- Ray Data: pipeline.graph.build_dataset, as `proxyqa run` does (local Ray, all CPUs);
+- Ray Data: proxyqa.pipeline.graph.build_dataset, as `proxyqa run` does (local Ray, all CPUs);
   Ray is started before the clock (a cluster exists before a job is submitted).
 - sequential: one process, no Ray; each stage object built once, every video through
   every stage in turn, the writer fed batches of its configured size.
@@ -63,7 +63,7 @@ def _total(stat: Any) -> float:
 
 def ray_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
     """Runs the Ray Data plan; per-output timestamps, memory and operator stats."""
-    from pipeline.graph import build_dataset
+    from proxyqa.pipeline.graph import build_dataset
 
     events: list[tuple[float, int]] = []
     records: list[dict] = []
@@ -87,23 +87,24 @@ def ray_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
 
 
 def sequential_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
-    """The same stages in one process, no Ray, no Arrow: a plain loop."""
-    from pipeline.graph import steps
-    from stages.base import to_batch, to_rows
-    from stages.write import ShardWriterStage
+    """The same plan in one process, no Ray, no Arrow: the local executor, one video at a
+    time through the stages, the writer every `write.resources.batch_size` videos."""
+    from proxyqa.pipeline.local import LocalExecutor
+    from proxyqa.pipeline.plan import steps
+    from proxyqa.stages.base import to_batch, to_rows
 
     plan = steps(cfg, run)
     with Clock() as startup:
-        stages = [(s.stage(**s.kwargs), s.drop_after) for s in plan if s.stage is not ShardWriterStage]
-        writer_step = next(s for s in plan if s.stage is ShardWriterStage)
-        writer = writer_step.stage(**writer_step.kwargs)
+        stages = LocalExecutor(plan[:-1])
+        writer = LocalExecutor(plan[-1:])
+        writer_step = plan[-1]
     events: list[tuple[float, int]] = []
     pending: list[dict] = []
     not_ok = 0
 
     def flush() -> None:
         nonlocal not_ok
-        out = to_rows(writer(to_batch(pending)))
+        out = to_rows(writer.run_batch(to_batch(pending)))
         not_ok += sum(r["status"] != "ok" for r in out)
         events.append((time.perf_counter() - start, len(out)))
         pending.clear()
@@ -111,12 +112,7 @@ def sequential_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
     with common.MemorySampler() as mem:
         start = time.perf_counter()
         for video in videos:
-            batch = to_batch([dict(video)])
-            for stage, drop in stages:
-                batch = stage(batch)
-                for name in drop:
-                    batch.pop(name, None)
-            pending.extend(to_rows(batch))
+            pending.extend(to_rows(stages.run_batch(to_batch([dict(video)]))))
             if len(pending) >= writer_step.resources.batch_size:
                 flush()
         if pending:
@@ -141,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     n = args.videos or (36 if args.quick else 72)
 
-    from pipeline.config import config_hash
-    from pipeline.graph import init_ray
-    from pipeline.run import open_run
+    from proxyqa.pipeline.fingerprint import config_hash
+    from proxyqa.pipeline.graph import init_ray
+    from proxyqa.pipeline.run import open_run
 
     folder, videos = common.bench_input(n)
     cfg = common.bench_config(args.set)

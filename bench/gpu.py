@@ -107,8 +107,8 @@ def _sync(device: str) -> None:
 # ------------------------------------------------------------------ inputs
 
 def decoded_rows(n: int) -> list[dict]:
-    from stages.decode import DecodeStage
-    from stages.base import to_batch, to_rows
+    from proxyqa.stages.base import to_batch, to_rows
+    from proxyqa.stages.decode import DecodeStage
 
     cfg = common.bench_config()
     stage = DecodeStage(cfg.decode, cfg.limits)
@@ -131,8 +131,9 @@ def pose_config(args: argparse.Namespace, device: str):
 # ------------------------------------------------------------------ part 1: YOLO-pose
 
 def bench_yolo(args: argparse.Namespace, device: str, rows: list[dict]) -> dict[str, Any]:
-    from stages.base import to_batch
-    from stages.pose import PoseStage, _bgr, decode_jpeg_rgb
+    from proxyqa.models.yolo_pose import _bgr
+    from proxyqa.stages.base import to_batch
+    from proxyqa.stages.pose import PoseStage, decode_jpeg_rgb
 
     frames = [decode_jpeg_rgb(j) for r in rows for j in r["frames_jpeg"]]
     frames = (frames * (args.frames // max(1, len(frames)) + 1))[:args.frames]
@@ -244,7 +245,7 @@ class Server:
 
 
 def mllm_config(args: argparse.Namespace, base_url: str, concurrency: int):
-    cfg = common.bench_config([f"mllm.enabled=true", f"mllm.endpoint.base_url={base_url}",
+    cfg = common.bench_config(["mllm.enabled=true", f"mllm.endpoint.base_url={base_url}",
                                f"mllm.endpoint.model={args.served_model_name}",
                                f"mllm.endpoint.concurrency={concurrency}",
                                f"mllm.endpoint.structured_output={args.structured_output}",
@@ -256,9 +257,9 @@ def mllm_config(args: argparse.Namespace, base_url: str, concurrency: int):
 
 def run_stage(args: argparse.Namespace, base_url: str, concurrency: int, rows: list[dict]) -> dict:
     """MLLMStage over `rows`, batches of `concurrency` rows; every client call recorded."""
-    from stages.base import to_batch
-    from stages.mllm import MLLMStage
-    from stages.sampling import RunContext
+    from proxyqa.stages.base import to_batch
+    from proxyqa.stages.mllm import MLLMStage
+    from proxyqa.stages.sampling import RunContext
 
     cfg = mllm_config(args, base_url, concurrency)
     stage = MLLMStage(cfg.mllm, cfg.tasks.enabled, RunContext("bench", "bench"), cfg.pose.min_keypoint_score)
@@ -372,8 +373,8 @@ def run_vllm_bench(args: argparse.Namespace, server: Server, ours: dict, img_tok
 
 
 def bench_mllm(args: argparse.Namespace, device: str, rows: list[dict]) -> dict[str, Any]:
-    from stages.base import to_batch, to_rows
-    from stages.pose import PoseStage
+    from proxyqa.stages.base import to_batch, to_rows
+    from proxyqa.stages.pose import PoseStage
 
     # Real people need real weights: without a .pt, mediapipe (CPU) finds the subjects.
     pose_cfg = pose_config(args, device) if args.yolo_weights.endswith(".pt") else common.bench_config().pose

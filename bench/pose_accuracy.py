@@ -31,10 +31,11 @@ from scipy.optimize import linear_sum_assignment
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import MediaPipeConfig, PoseConfig  # noqa: E402
-from pipeline.schema import COCO17  # noqa: E402
-from stages.pose import MediaPipePose, decode_jpeg_rgb  # noqa: E402
-from stages.track import box_iou  # noqa: E402
+from proxyqa.core.config import MediaPipeConfig, PoseConfig  # noqa: E402
+from proxyqa.core.people import box_iou  # noqa: E402
+from proxyqa.core.schema import COCO17  # noqa: E402
+from proxyqa.models.mediapipe_pose import MediaPipePose  # noqa: E402
+from proxyqa.stages.pose import decode_jpeg_rgb  # noqa: E402
 
 PCK_ALPHA = 0.2
 MIN_MATCH_IOU = 0.3

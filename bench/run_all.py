@@ -6,7 +6,7 @@
 
 Runs bench/stages.py, bench/e2e.py and bench/scaling.py, each in a fresh process (own Ray
 instance), prints the ratios against the targets and writes bench/results/summary.json
-and bench/results/performance.md (the README's Performance section, with this run's
+and bench/results/performance.md (docs/performance.md, with this run's
 figures). bench/gpu.py is not run here: it needs a GPU machine.
 """
 from __future__ import annotations
@@ -76,19 +76,19 @@ def _foreign(*values: Any) -> str:
 
 
 def markdown(data: dict[str, Any], rows: list[dict], quick: bool) -> str:
-    """The README Performance section, filled with this run's figures."""
+    """docs/performance.md, filled with this run's figures."""
     st, e2e, sc = data["stages"], data["e2e"], data["scaling"]
     m = (st or e2e or sc or {}).get("machine") or common.machine()
     foreign = _foreign(*[x.get("foreign_cores") for x in (st or {}).get("stages", [])],
                        (e2e or {}).get("ray", {}).get("memory", {}).get("foreign_cores"),
                        ((e2e or {}).get("sequential") or {}).get("memory", {}).get("foreign_cores"),
                        *[r.get("foreign_cores") for r in (sc or {}).get("rows", [])])
-    out = ["## Performance", "",
+    out = ["# Performance", "",
            "`make bench` (~11 min on a quiet 2-core machine) or `python bench/run_all.py --quick` (~5 min) runs "
            "every CPU bench and prints these tables; `python bench/run_all.py --report` re-prints "
            "the last ones. Figures land in `bench/results/*.json` and this section in "
            "`bench/results/performance.md`. Method, definitions and the tuning knobs: "
-           "[`bench/README.md`](bench/README.md); GPU figures: `bench/gpu.py` on a GPU machine.", "",
+           "[`bench/README.md`](../bench/README.md); GPU figures: `bench/gpu.py` on a GPU machine.", "",
            f"Last run{' (--quick)' if quick else ''}: {m['cpus']} cores "
            f"({m.get('cpu_model') or 'unknown CPU'}), {m['memory_gib']} GiB, "
            f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; other processes used at most "

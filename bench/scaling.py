@@ -13,10 +13,10 @@ pose off (pose.backend=none), the temporal tasks, decode.num_frames=8, and so tw
 workers (decode.resources.concurrency=2: decode is then the heavy stage). The pipeline
 path is otherwise the real one; each N runs in a fresh process with a fresh Ray instance
 (started before the clock) and a fresh output folder:
-- listing: pipeline.sources.list_videos on the folder;
+- listing: proxyqa.pipeline.sources.list_videos on the folder;
 - plan: open_run + plan_run(incremental=True) (no earlier run: an empty ledger);
 - execute: the Ray Data plan (decode -> tasks -> writer), as `proxyqa run`;
-- commit: finalize shards, report, ledger snapshot, manifest (pipeline.run.commit),
+- commit: finalize shards, report, ledger snapshot, manifest (proxyqa.pipeline.run.commit),
   with the finalize and ledger-snapshot parts timed apart;
 - nightly rerun: `--incremental` again with nothing changed (listing, ledger read and
   carry, commit; no Ray): the ledger's cost when every video is carried over.
@@ -67,13 +67,13 @@ class PhaseTimer:
 
 def one_size(n: int, overrides: list[str]) -> dict[str, Any]:
     """One scaling point, in this process (called by the parent in a fresh subprocess)."""
-    import pipeline.run as run_mod
-    from pipeline.config import config_hash
-    from pipeline.graph import init_ray
-    from pipeline.run import commit, open_run, plan_run
-    from pipeline.sources import list_videos
-
     from e2e import ray_pass
+
+    import proxyqa.pipeline.run as run_mod
+    from proxyqa.pipeline.fingerprint import config_hash
+    from proxyqa.pipeline.graph import init_ray
+    from proxyqa.pipeline.run import commit, open_run, plan_run
+    from proxyqa.pipeline.sources import list_videos
 
     folder = common.make_videos(n)
     common.warm_page_cache(folder)
@@ -132,7 +132,7 @@ def run_sizes(sizes: list[int], overrides: list[str]) -> list[dict]:
                *[f"--set={o}" for o in overrides]]
         print(f"scaling: {n} videos ...", flush=True)
 
-        def once() -> dict:
+        def once(cmd=cmd, n=n) -> dict:
             with Clock() as c:
                 proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

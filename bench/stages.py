@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
-import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import common  # noqa: F401  (first: environment, torch before decord)
-from common import Clock
-
 import numpy as np
+from common import Clock
 
 
 def _run_batches(stage: Callable, rows: list[dict], batch_size: int) -> list[dict]:
-    from stages.base import to_batch, to_rows
+    from proxyqa.stages.base import to_batch, to_rows
 
     out: list[dict] = []
     for start in range(0, len(rows), batch_size):
@@ -88,9 +86,8 @@ def _n_frames(row: dict) -> int:
 
 def raw_decord(rows: list[dict], decoded: list[dict], num_threads: int) -> dict:
     """The same frames with decord alone: one reader at the output size, one get_batch."""
-    from decord import VideoReader
-
     import cv2
+    from decord import VideoReader
 
     by_id = {r["video_id"]: r for r in decoded}
     jobs = []
@@ -118,7 +115,7 @@ def raw_decord(rows: list[dict], decoded: list[dict], num_threads: int) -> dict:
 
 
 def _rgb_frames(decoded: list[dict]) -> list[list[np.ndarray]]:
-    from stages.pose import decode_jpeg_rgb
+    from proxyqa.stages.pose import decode_jpeg_rgb
 
     return [[decode_jpeg_rgb(j) for j in r["frames_jpeg"]] for r in decoded if r.get("status") == "ok"]
 
@@ -127,7 +124,7 @@ def raw_mediapipe(decoded: list[dict], cfg) -> dict:
     """PoseLandmarker.detect once per frame (no masking passes, tracking or crops)."""
     import mediapipe as mp
 
-    from stages.pose import MediaPipePose
+    from proxyqa.models.mediapipe_pose import MediaPipePose
 
     with Clock() as startup:
         est = MediaPipePose(cfg.pose.mediapipe)
@@ -144,7 +141,7 @@ def raw_mediapipe(decoded: list[dict], cfg) -> dict:
 def raw_ultralytics(decoded: list[dict], est) -> dict:
     """model.predict on the same frames with the stage's own model (same random weights),
     in batches of pose.ultralytics.batch."""
-    from stages.pose import _bgr
+    from proxyqa.models.yolo_pose import _bgr
 
     startup = _zero()
     videos = _rgb_frames(decoded)
@@ -178,14 +175,14 @@ def verify_claims(row: dict, min_score: float) -> list[tuple[str, Any]]:
     """What the MLLM stage checks per video, with claims made from the geometry itself:
     per-part state phrases on every subject frame, and 'moved up/down' between consecutive
     frames (stages/verify.py does the parsing and checking)."""
-    from stages import posecodes
-    from stages.tasks_spatial import subject_of
+    from proxyqa.core.people import subject_of
+    from proxyqa.stages import posecodes
 
     subject = subject_of(row)
     if subject is None:
         return []
     w, h = int(row["width"]), int(row["height"])
-    kps = [k for k in subject["keypoints"] if k is not None]
+    kps = [k for k in subject.keypoints if k is not None]
     jobs: list[tuple[str, Any]] = []
     for k in kps:
         states = posecodes.part_states(k, w, h, min_score)
@@ -198,7 +195,7 @@ def verify_claims(row: dict, min_score: float) -> list[tuple[str, Any]]:
 
 
 def measure_verify(tasked: list[dict], min_score: float) -> dict:
-    from stages.verify import Verdict, check_motion, check_states
+    from proxyqa.stages.verify import Verdict, check_motion, check_states
 
     per_video = [(r, verify_claims(r, min_score)) for r in tasked if r.get("status") == "ok"]
     per_video = [(r, jobs) for r, jobs in per_video if jobs]
@@ -239,13 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     n = args.videos or (9 if args.quick else 36)
 
-    from pipeline.config import config_hash
-    from pipeline.graph import HEAVY_COLUMNS, steps
-    from pipeline.run import open_run
-    from stages.decode import DecodeStage
-    from stages.pose import PoseStage
-    from stages.tasks import BuildTasksStage
-    from stages.write import ShardWriterStage
+    from proxyqa.pipeline.fingerprint import config_hash
+    from proxyqa.pipeline.graph import HEAVY_COLUMNS, steps
+    from proxyqa.pipeline.run import open_run
+    from proxyqa.stages.decode import DecodeStage
+    from proxyqa.stages.pose import PoseStage
+    from proxyqa.stages.tasks import BuildTasksStage
+    from proxyqa.stages.write import ShardWriterStage
 
     folder, rows = common.bench_input(n)
     cfg = common.bench_config()

@@ -1,15 +1,16 @@
 """Agreement of body_part_state labels computed from predicted vs hand-labelled keypoints.
 
 Used by bench/pose_accuracy.py: for each matched person, both keypoint sets go through the
-same documented rule (stages.posecodes.part_states); a part counts only where BOTH emit a
+same documented rule (proxyqa.stages.posecodes.part_states); a part counts only where BOTH emit a
 label (the task asks nothing where either side gives none).
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from stages.posecodes import part_states
+from proxyqa.stages.posecodes import part_states
 
 Keypoints = Sequence[Sequence[float]]   # 17 x [x, y, score], x/y normalised to the frame
 

@@ -5,10 +5,11 @@ import argparse
 import sys
 import time
 
-from pipeline.config import ConfigError, config_hash, describe_fields, load_config
-from pipeline.run import OutputError, commit, open_run, plan_run
-from pipeline.sources import SourceError, list_videos
-from stages.base import one_line
+from proxyqa.core.config import ConfigError, describe_fields, load_config
+from proxyqa.core.errors import one_line
+from proxyqa.pipeline.fingerprint import config_hash
+from proxyqa.pipeline.run import OutputError, commit, open_run, plan_run
+from proxyqa.pipeline.sources import SourceError, list_videos
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         cfg.output = args.output
     if cfg.pose.backend != "none":   # e.g. missing weights: exit 2 before anything starts
-        from stages.pose import check_pose_config
+        from proxyqa.models.pose_base import check_pose_config
 
         check_pose_config(cfg.pose)
     chash = config_hash(cfg)
@@ -57,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         if plan.todo:  # nothing to do: no need to start Ray
-            from pipeline.graph import execute
+            from proxyqa.pipeline.graph import execute
 
             for _ in execute(cfg, run, plan.todo):
                 pass
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "card":
-            from pipeline.card import cmd_card
+            from proxyqa.trainer.card import cmd_card
 
             return cmd_card(args)
         return cmd_config_doc(args)

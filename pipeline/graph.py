@@ -1,76 +1,22 @@
-"""The one place that knows Ray: the pipeline as a list of steps, and the Ray Data plan.
-
-Read top to bottom, `steps()` is the whole pipeline. Each step names a stage class (plain
-Python, no Ray), its constructor arguments and its resources from the config.
+"""The Ray executor: the plan of pipeline/plan.py as a Ray Data dataset. The only module
+that imports Ray (the local executor, pipeline/local.py, runs the same plan without it).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.config import Config, Resources
-from pipeline.schema import to_arrow
+from proxyqa.core.config import Config
+from proxyqa.core.schema import to_arrow
+from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, steps  # noqa: F401 - bench uses them from here
 
 if TYPE_CHECKING:
-    from pipeline.run import Run
-
-# Stage modules are imported where used, not here: every Ray worker imports this module
-# (for ArrowAdapter), and a decode worker need not load pose, MLLM and scipy (importing
-# them all took ~1 s more of each worker's start-up).
+    from proxyqa.pipeline.run import Run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Step:
-    stage: type
-    kwargs: dict[str, Any]
-    resources: Resources
-    drop_after: tuple[str, ...] = ()   # columns no later step needs (less data between stages)
-
-
-# Columns only the stages before the writer need; dropped before the writer (less transfer).
-HEAVY_COLUMNS = ("frames_jpeg", "subject_crops_jpeg", "persons_json", "subject_json")
-# Subject crops feed only the MLLM: without it they are dropped right after pose.
-MLLM_ONLY_COLUMNS = ("subject_crops_jpeg",)
-
-
-def steps(cfg: Config, run: Run) -> list[Step]:
-    from stages.decode import DecodeStage
-    from stages.mllm import MLLMStage
-    from stages.pose import PoseStage, check_pose_config
-    from stages.sampling import RunContext
-    from stages.tasks import BuildTasksStage
-    from stages.write import ShardWriterStage
-
-    ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
-    min_score = cfg.pose.min_keypoint_score
-    pipeline = [
-        Step(DecodeStage, dict(cfg=cfg.decode, limits=cfg.limits, s3=cfg.s3),
-             cfg.decode.resources),
-    ]
-    if cfg.pose.backend != "none":
-        check_pose_config(cfg.pose)  # e.g. missing weights: one clear error, not one per video
-        pipeline.append(Step(PoseStage, dict(cfg=cfg.pose), cfg.pose.resources,
-                             drop_after=() if cfg.mllm.enabled else MLLM_ONLY_COLUMNS))
-    pipeline += [
-        Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
-             cfg.tasks.resources),
-    ]
-    if cfg.mllm.enabled and cfg.mllm.mode == "endpoint":
-        pipeline.append(Step(MLLMStage, dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=ctx,
-                                             min_keypoint_score=min_score), cfg.mllm.resources))
-    if not (cfg.mllm.enabled and cfg.mllm.mode == "engine"):  # the engine passes need frames
-        pipeline[-1].drop_after = HEAVY_COLUMNS
-    pipeline.append(Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
-                                                config_hash=run.config_hash,
-                                                rows_per_file=cfg.write.rows_per_file,
-                                                compression=cfg.write.compression, s3=cfg.s3),
-                         cfg.write.resources))
-    return pipeline
 
 
 class ArrowAdapter:
@@ -110,13 +56,14 @@ def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
 def build_dataset(cfg: Config, run: Run, videos: list[dict]):
     import ray
 
-    from stages.write import ShardWriterStage
-
     ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
     plan = steps(cfg, run)
+    engine = None
     for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
-        if step.stage is ShardWriterStage and cfg.mllm.enabled and cfg.mllm.mode == "engine":
-            ds = _engine_passes(cfg, run, ds)
+        if step.kind == "llm":
+            engine = engine or _engine_config(cfg)
+            ds = _engine_pass(step, engine)(ds)
+            continue
         res = step.resources
         # A subclass per stage so Ray's progress bars and logs name the stage.
         adapter = type(step.stage.__name__, (ArrowAdapter,), {})
@@ -138,15 +85,20 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
     return ds
 
 
-def _engine_passes(cfg: Config, run: Run, ds):
-    """ray.data.llm processors (GPU vLLM engines) between the last stage and the writer."""
-    from pipeline.llm_engine import build_processors
-    from stages.sampling import RunContext
+def _engine_config(cfg: Config):
+    from proxyqa.pipeline.engine import engine_processor_config
 
-    ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
-    for processor in build_processors(cfg.mllm, cfg.tasks.enabled, ctx, cfg.pose.min_keypoint_score):
-        ds = processor(ds)
-    return ds
+    return engine_processor_config(cfg.mllm)
+
+
+def _engine_pass(step: Step, engine_cfg):
+    """A ray.data.llm processor: the step's pre, the vLLM engine, the reply record."""
+    from ray.data.llm import build_processor
+
+    from proxyqa.pipeline.engine import EnginePost
+
+    return build_processor(engine_cfg, preprocess=step.stage(**step.kwargs),
+                           postprocess=EnginePost(step.kwargs["task"]))
 
 
 def _cluster_cpus() -> int:

@@ -32,17 +32,18 @@ from __future__ import annotations
 import json
 import posixpath
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import fresh, write_bytes_atomic
-from stages.write import digest, parquet_bytes
+from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir
+from proxyqa.core.storage import fresh, write_bytes_atomic
+from proxyqa.stages.write import digest, parquet_bytes
 
-LEDGER_DIR = "ledger"
 CARRIED_STATUSES = ("ok", "skipped")
 # Task error kinds that a later run may not meet again: the video is processed again.
 TRANSIENT_ERROR_KINDS = ("mllm_unreachable", "mllm_timeout", "mllm_http_429", "mllm_http_5")
@@ -71,10 +72,6 @@ def retry_errors(errors: list[dict]) -> list[str]:
 def snapshot_key(run_id: str) -> str:
     """Where run `run_id`'s snapshot lives, relative to OUT."""
     return posixpath.join(LEDGER_DIR, f"{run_id}.parquet")
-
-
-def run_key(run_id: str, *parts: str) -> str:
-    return posixpath.join("runs", run_id, *parts)
 
 
 def shard_run_id(key: str) -> str:
@@ -111,12 +108,12 @@ class Base:
 
 def load_base(fs, root: str) -> Base | None:
     """The snapshot of the run OUT/latest points at; None when there is none yet."""
-    latest = posixpath.join(root, "latest")
+    latest = posixpath.join(root, LATEST)
     if not fresh(fs).exists(latest):
         return None
     run_rel = fs.cat_file(latest).decode().strip()
     run_id = posixpath.basename(run_rel.rstrip("/"))
-    manifest_path = posixpath.join(root, run_key(run_id, "manifest.json"))
+    manifest_path = posixpath.join(root, run_key(run_id, MANIFEST))
     if not fs.exists(manifest_path) or not fs.exists(posixpath.join(root, snapshot_key(run_id))):
         return None  # a run from before the ledger existed: process everything
     manifest = json.loads(fs.cat_file(manifest_path))
@@ -132,7 +129,7 @@ def existing_shards(fs, root: str, keys: Iterable[str]) -> set[str]:
     """Which of `keys` exist: one listing per run folder, not one request per file."""
     found: set[str] = set()
     for run_id in sorted({shard_run_id(k) for k in keys}):
-        pattern = posixpath.join(root, run_key(run_id, "task=*", "*.parquet"))
+        pattern = posixpath.join(root, run_key(run_id, task_dir("*"), "*.parquet"))
         found.update(posixpath.relpath(path, root) for path in fresh(fs).glob(pattern))
     return found
 
@@ -181,7 +178,7 @@ def carry_shards(fs, root: str, run_id: str, base: Base, carried: dict[str, dict
             table = pq.read_table(fh)
         table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(keep))))
         ids = table.column("sample_id").to_pylist()
-        new_key = run_key(run_id, f"task={shard_task(key)}", f"carried-{digest(ids)}.parquet")
+        new_key = run_key(run_id, task_dir(shard_task(key)), f"carried-{digest(ids)}.parquet")
         data = parquet_bytes(table, compression)
         write_bytes_atomic(fs, posixpath.join(root, new_key), data)
         moved[key] = new_key

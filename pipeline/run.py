@@ -1,6 +1,6 @@
 """A run's life on storage: pick or resume a run id, plan the work, then commit atomically.
 
-Layout (DESIGN.md): OUT/runs/<run_id>/{task=<task>/part-*.parquet, report.json,
+Layout (proxyqa/core/layout.py, docs/schema.md): OUT/runs/<run_id>/{task=<task>/part-*.parquet, report.json,
 manifest.json}, OUT/ledger/<run_id>.parquet, OUT/latest. A run folder without
 manifest.json is incomplete: readers ignore it and the next run with the same config_hash
 resumes it (videos with a record in `_videos/` are not processed again).
@@ -23,16 +23,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import __version__
-from pipeline.config import Config, public_dump
-from pipeline.ledger import (Base, carry_shards, existing_shards, load_base, plan_carry,
-                             retry_errors, run_key, shard_run_id, shard_task, write_snapshot)
-from pipeline.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
-from pipeline.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
-from stages.base import one_line
-from stages.write import VIDEOS_DIR, parquet_bytes
-
-RUN_META = "_run.json"
+from proxyqa import __version__
+from proxyqa.core.config import Config, public_dump
+from proxyqa.core.errors import one_line
+from proxyqa.core.layout import LATEST, MANIFEST, REPORT, RUN_META, RUNS_DIR, SHARD_GLOB, VIDEOS_DIR, task_dir
+from proxyqa.core.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
+from proxyqa.core.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
+from proxyqa.pipeline.ledger import (
+    Base,
+    carry_shards,
+    existing_shards,
+    load_base,
+    plan_carry,
+    retry_errors,
+    run_key,
+    shard_run_id,
+    shard_task,
+    write_snapshot,
+)
+from proxyqa.stages.write import parquet_bytes
 
 
 class OutputError(RuntimeError):
@@ -50,18 +59,18 @@ class Run:
 
     @property
     def uri(self) -> str:
-        return join(self.output, "runs", self.run_id)
+        return join(self.output, RUNS_DIR, self.run_id)
 
     @property
     def path(self) -> str:
-        return posixpath.join(self.root, "runs", self.run_id)
+        return posixpath.join(self.root, RUNS_DIR, self.run_id)
 
     def p(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts)
 
 
 def _is_complete(fs, run_path: str) -> bool:
-    return fs.exists(posixpath.join(run_path, "manifest.json"))
+    return fs.exists(posixpath.join(run_path, MANIFEST))
 
 
 # A run id names a folder: no separators or '..', so it cannot point outside OUT/runs.
@@ -76,7 +85,7 @@ def open_run(cfg: Config, config_hash: str, run_id: str | None = None) -> Run:
                           "only (at most 128), starting with a letter or digit")
     try:
         fs, root = get_fs(cfg.output, cfg.s3)
-        ensure_dir(fresh(fs), posixpath.join(root, "runs"))
+        ensure_dir(fresh(fs), posixpath.join(root, RUNS_DIR))
         run_id = given or _find_resumable(fs, root, config_hash)
     except OutputError:
         raise
@@ -109,13 +118,13 @@ def _new_run_id(fs, root: str, config_hash: str) -> str:
         now = time.time()
         run_id = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
                   + f"{int(now * 1000) % 1000:03d}Z-{config_hash[:8]}")
-        if not fs.exists(posixpath.join(root, "runs", run_id)):
+        if not fs.exists(posixpath.join(root, RUNS_DIR, run_id)):
             return run_id
         time.sleep(0.002)
 
 
 def _find_resumable(fs, root: str, config_hash: str) -> str | None:
-    runs_dir = posixpath.join(root, "runs")
+    runs_dir = posixpath.join(root, RUNS_DIR)
     try:
         entries = fs.ls(runs_dir, detail=False)
     except FileNotFoundError:  # an S3 prefix with nothing under it yet
@@ -136,7 +145,7 @@ def _now() -> str:
 def read_video_records(run: Run) -> list[dict]:
     """Records already written for this run (by this or an earlier, interrupted attempt)."""
     records: dict[str, dict] = {}
-    for path in sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, "part-*.parquet"))):
+    for path in sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, SHARD_GLOB))):
         with run.fs.open(path, "rb") as fh:
             for rec in pq.read_table(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist():
                 prev = records.get(rec["video_id"])
@@ -179,7 +188,7 @@ def _finalize_own_shards(run: Run, keep_ids: set[str], compression: str,
     shards: list[dict] = []
     rows_of: dict[str, Counter] = defaultdict(Counter)
     shards_of: dict[str, set] = defaultdict(set)
-    for path in sorted(fresh(run.fs).glob(run.p("task=*", "part-*.parquet"))):
+    for path in sorted(fresh(run.fs).glob(run.p(task_dir("*"), SHARD_GLOB))):
         with run.fs.open(path, "rb") as fh:
             cols = pq.read_table(fh, columns=["sample_id", "video_id"])
         sids, vids = cols.column("sample_id").to_pylist(), cols.column("video_id").to_pylist()
@@ -289,7 +298,7 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
             for e in v.get("errors") or []).items())),
     }
     report = {"run_id": run.run_id, "videos": videos, "counts": counts}
-    write_bytes_atomic(run.fs, run.p("report.json"), json.dumps(report, indent=1).encode())
+    write_bytes_atomic(run.fs, run.p(REPORT), json.dumps(report, indent=1).encode())
     ledger_key = write_snapshot(run.fs, run.root, run.run_id, entries)
     here = run_key(run.run_id)
     manifest = {
@@ -315,8 +324,8 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "resumed": run.resumed,
     }
     # manifest.json last: its presence is what makes the run complete.
-    write_bytes_atomic(run.fs, run.p("manifest.json"), json.dumps(manifest, indent=1).encode())
-    write_bytes_atomic(run.fs, posixpath.join(run.root, "latest"), f"runs/{run.run_id}\n".encode())
+    write_bytes_atomic(run.fs, run.p(MANIFEST), json.dumps(manifest, indent=1).encode())
+    write_bytes_atomic(run.fs, posixpath.join(run.root, LATEST), f"{RUNS_DIR}/{run.run_id}\n".encode())
     return manifest
 
 

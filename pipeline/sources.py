@@ -7,10 +7,10 @@ import io
 import json
 import os
 import urllib.parse
-from typing import Iterable
+from collections.abc import Iterable
 
-from pipeline.config import Config
-from pipeline.storage import fresh, fs_is_s3, full_uri, get_fs
+from proxyqa.core.config import Config
+from proxyqa.core.storage import fresh, fs_is_s3, full_uri, get_fs
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 

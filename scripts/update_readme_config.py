@@ -1,10 +1,10 @@
-"""Regenerate the README's config reference from the pydantic models (tests check it is current)."""
+"""Regenerate the config reference in docs/config.md from the pydantic models (tests check it is current)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from pipeline.config import describe_fields
+from proxyqa.core.config import describe_fields
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
@@ -23,5 +23,5 @@ def render(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/config.md")
     path.write_text(render(path.read_text()))

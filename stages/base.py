@@ -10,6 +10,8 @@ import time
 import traceback
 from typing import Any
 
+from proxyqa.core.errors import StageError, message_line, one_line  # noqa: F401 - stages use them from here
+
 Batch = dict[str, list]
 
 
@@ -25,25 +27,6 @@ def to_batch(rows: list[dict[str, Any]]) -> Batch:
     for row in rows:
         keys.extend(k for k in row if k not in keys)
     return {k: [row.get(k) for row in rows] for k in keys}
-
-
-def message_line(exc: BaseException, last: bool = False) -> str:
-    """The first (or last) non-empty line of an exception's message ('' if it has none)."""
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return (lines[-1] if last else lines[0]).strip() if lines else ""
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """'ValueError: first line of the message', for reasons and one-line CLI errors."""
-    return f"{exc.__class__.__name__}: {message_line(exc)}"[:limit]
-
-
-class StageError(Exception):
-    """A per-video failure with a short machine-readable reason prefix (e.g. 'not_a_video')."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
 
 
 class RowStage:

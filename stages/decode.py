@@ -10,8 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.config import DecodeConfig, Limits, S3Config
-from stages.base import RowStage, StageError, add_error, message_line, one_line
+from proxyqa.core.config import DecodeConfig, Limits, S3Config
+from proxyqa.stages.base import RowStage, StageError, add_error, message_line, one_line
 
 # Container signatures: a file that has one but fails to open is damaged, not a non-video.
 _SIGNATURES = {
@@ -114,7 +114,7 @@ class DecodeStage(RowStage):
         """A path or file object decord can read, and the first bytes for sniffing."""
         try:
             if uri.startswith("s3://"):
-                from pipeline.storage import get_fs
+                from proxyqa.core.storage import get_fs
 
                 fs, path = get_fs(uri, self.s3)
                 data = fs.cat_file(path)
@@ -158,7 +158,7 @@ class DecodeStage(RowStage):
             self._over("max_pixels", header[0] * header[1], f"{header[0]}x{header[1]} pixels")
         try:
             probe = self._reader(source)
-        except Exception as exc:  # decord raises RuntimeError/DECORDError with ffmpeg text
+        except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError with ffmpeg text
             msg = message_line(exc)[:160]
             if kind is None:
                 raise StageError("not_a_video", f"no known video container signature ({msg})") from None
@@ -209,7 +209,7 @@ class DecodeStage(RowStage):
                 resized.extend(cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA)
                                for f in chunk)
             times = self._times(reader, idx)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this video's error
             msg = message_line(exc, last=True)[:160]
             raise StageError("truncated_or_corrupt", f"frames cannot be decoded ({msg})") from None
         if len(resized) != len(idx):

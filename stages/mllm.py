@@ -1,325 +1,16 @@
-"""MLLM tasks (ActionArt's proxy tasks): pose description, pose difference, synthesized QA.
-
-Request building and reply parsing are pure functions shared by both ways of reaching the
-model: `MLLMStage` calls an OpenAI-compatible `vllm serve` endpoint; the in-cluster engine
-(pipeline/llm_engine.py) feeds the same requests to ray.data.llm.
-"""
+"""MLLM stage (endpoint mode): asks an OpenAI-compatible `vllm serve` endpoint what the
+planner says to ask, and turns the replies into verified rows (stages/mllm_plan.py)."""
 from __future__ import annotations
 
-import base64
-import json
-import os
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-import cv2
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
-from pipeline.config import MLLMConfig
-from pipeline.schema import MLLM_TASKS
-from stages import posecodes, prompts
-from stages.base import RowStage, add_error, message_line
-from stages.sampling import RunContext, make_sample, rng_for
-from stages.verify import Verdict, check_motion, check_states
-
-Part = Literal["head", "torso", "left_arm", "right_arm", "left_leg", "right_leg"]
-PART_TITLES = {"head": "Head", "torso": "Torso", "left_arm": "Left arm", "right_arm": "Right arm",
-               "left_leg": "Left leg", "right_leg": "Right leg"}
-TEXT = dict(min_length=1, max_length=160)  # bounded strings keep small models' JSON closing
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PoseDescription(_Out):
-    head: str = Field(**TEXT)
-    torso: str = Field(**TEXT)
-    left_arm: str = Field(**TEXT)
-    right_arm: str = Field(**TEXT)
-    left_leg: str = Field(**TEXT)
-    right_leg: str = Field(**TEXT)
-
-
-class PartChange(_Out):
-    part: Part
-    change: str = Field(**TEXT)
-
-
-class PoseDifference(_Out):
-    changes: list[PartChange] = Field(min_length=1, max_length=4)
-
-
-class MultipleChoice(_Out):
-    question: str = Field(min_length=1, max_length=200)
-    choices: list[str] = Field(min_length=4, max_length=4)
-    answer_index: int = Field(ge=0, le=3)
-    part: Part
-
-
-class SynthesizedQA(_Out):
-    questions: list[MultipleChoice] = Field(min_length=1, max_length=4)
-
-
-OUTPUT_MODELS: dict[str, type[_Out]] = {
-    "pose_description": PoseDescription,
-    "pose_difference": PoseDifference,
-    "synthesized_qa": SynthesizedQA,
-}
-
-
-def json_schema(task: str) -> dict:
-    return OUTPUT_MODELS[task].model_json_schema()
-
-
-@dataclass
-class Request:
-    """One model call: the prompt, its images (JPEG) and what the reply will be about."""
-
-    task: str
-    prompt: str
-    prompt_version: str
-    images: list[bytes]
-    positions: list[int]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def messages(self, image_max_side: int) -> list[dict]:
-        content: list[dict] = [{"type": "image_url", "image_url": {"url": data_url(img, image_max_side)}}
-                               for img in self.images]
-        content.append({"type": "text", "text": self.prompt})
-        return [{"role": "user", "content": content}]
-
-
-def data_url(jpeg: bytes, max_side: int) -> str:
-    """base64 JPEG data URL, downscaled so the longer side <= max_side."""
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is not None and max(img.shape[:2]) > max_side:
-        scale = max_side / max(img.shape[:2])
-        img = cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale)),
-                         interpolation=cv2.INTER_AREA)
-        jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-
-
-# ---- choosing frames and writing prompts -------------------------------------------------
-
-def _subject(row: dict) -> Optional[dict]:
-    return json.loads(row["subject_json"]) if row.get("subject_json") else None
-
-
-def _hints(facts: dict) -> str:
-    lines = [f"- {part.replace('_', ' ')}: {state}" for part, state in sorted(facts["states"].items())]
-    lines += [f"- {name.replace('_', ' ')}" for name, value in sorted(facts["relations"].items()) if value]
-    return "\n".join(lines) or "- (no confident measurements)"
-
-
-def _subject_note(row: dict, subject: dict, positions: list[int]) -> str:
-    """Names the subject by its box (in the first image) when any shown frame has others."""
-    people = json.loads(row.get("persons_json") or "[]")
-    crowded = any(p < len(people) and len(people[p]) > 1 for p in positions)
-    pos = positions[0]
-    if not crowded or not subject["boxes"][pos]:
-        return ""
-    box = ", ".join(str(int(round(v * 1000))) for v in subject["boxes"][pos])
-    where = "of the image" if len(positions) == 1 else "of Image 1"
-    return f" (the person in the box [{box}], coordinates 0-1000 {where})"
-
-
-def description_request(row: dict, ctx: RunContext, min_score: float) -> Optional[Request]:
-    subject = _subject(row)
-    present = [i for i, k in enumerate(subject["keypoints"]) if k is not None] if subject else []
-    if not present:
-        return None
-    pos = int(rng_for(row, "pose_description", ctx.seed).choice(present))
-    facts = posecodes.facts(subject["keypoints"][pos], row["width"], row["height"], min_score)
-    crops = row.get("subject_crops_jpeg") or []
-    use_crop = pos < len(crops) and crops[pos] is not None
-    image = crops[pos] if use_crop else row["frames_jpeg"][pos]
-    note = "" if use_crop else _subject_note(row, subject, [pos])
-    prompt, version = prompts.render("pose_description", hints=_hints(facts), subject_note=note)
-    return Request("pose_description", prompt, version, [image], [pos],
-                   {"image": "subject_crop" if use_crop else "frame"})
-
-
-def difference_request(row: dict, ctx: RunContext, min_score: float, min_motion: float) -> Optional[Request]:
-    subject = _subject(row)
-    if not subject:
-        return None
-    kps, w, h = subject["keypoints"], row["width"], row["height"]
-    present = [i for i, k in enumerate(kps) if k is not None]
-    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
-    moving = [(a, b) for a, b in pairs
-              if (posecodes.pose_motion(kps[a], kps[b], w, h, min_score) or 0.0) >= min_motion]
-    if not moving:
-        return None
-    a, b = moving[int(rng_for(row, "pose_difference", ctx.seed).integers(len(moving)))]
-    motion = posecodes.joint_motion(kps[a], kps[b], w, h, min_score)
-    hints = [f"- {part.replace('_', ' ')} moved {m.vertical}" for part, m in sorted(motion.items())
-             if m.vertical]
-    seconds = f"{row['timestamps'][b] - row['timestamps'][a]:.2f}"
-    prompt, version = prompts.render(
-        "pose_difference", seconds=seconds, subject_note=_subject_note(row, subject, [a, b]),
-        hints="\n".join(hints) or "- (no confident measurements)")
-    return Request("pose_difference", prompt, version, [row["frames_jpeg"][a], row["frames_jpeg"][b]],
-                   [a, b])
-
-
-def qa_request(row: dict, description: dict, desc_request: Request, count: int) -> Request:
-    text = "\n".join(f"- {PART_TITLES[p]}: {description[p]}" for p in PART_TITLES)
-    prompt, version = prompts.render("synthesized_qa", descriptions=text, count=str(count))
-    return Request("synthesized_qa", prompt, version, desc_request.images, desc_request.positions,
-                   {"image": desc_request.meta.get("image")})
-
-
-# ---- replies -> rows -----------------------------------------------------------------------
-
-def parse_reply(task: str, text: str) -> dict:
-    """Strict: the whole reply must be one JSON value valid under the task's schema."""
-    return OUTPUT_MODELS[task].model_validate_json(text).model_dump()
-
-
-DESCRIBE_Q = ("Describe this person's pose body part by body part (head, torso, left arm, right arm, "
-              "left leg, right leg). Left and right mean the person's own left and right.")
-DIFFERENCE_Q = ("What changed in the person's pose between Image 1 and Image 2? Left and right mean "
-                "the person's own left and right.")
-
-
-def rows_from_reply(row: dict, req: Request, parsed: dict, generator: dict, ctx: RunContext,
-                    min_score: float) -> list[dict]:
-    subject = _subject(row) or {}
-    kps = subject.get("keypoints") or []
-    w, h = row["width"], row["height"]
-    common = dict(positions=req.positions, answer_source="mllm", images=req.images)
-    if req.task == "pose_description":
-        verdict = check_states({p: parsed[p] for p in PART_TITLES}, kps[req.positions[0]], w, h, min_score)
-        answer = "\n".join(f"{PART_TITLES[p]}: {parsed[p]}" for p in PART_TITLES)
-        samples = [make_sample(row, req.task, ctx, key=f"{req.positions[0]}", question=DESCRIBE_Q,
-                               answer=answer, answer_struct=parsed, **common)]
-        verdicts = [verdict]
-    elif req.task == "pose_difference":
-        a, b = req.positions
-        verdict = check_motion(parsed["changes"], kps[a], kps[b], w, h, min_score)
-        answer = "; ".join(f"{PART_TITLES[c['part']]}: {c['change']}" for c in parsed["changes"])
-        samples = [make_sample(row, req.task, ctx, key=f"{a},{b}", question=DIFFERENCE_Q,
-                               answer=answer, answer_struct=parsed, **common)]
-        verdicts = [verdict]
-    else:
-        samples, verdicts = [], []
-        for i, q in enumerate(parsed["questions"]):
-            correct = q["choices"][q["answer_index"]]
-            verdicts.append(check_states({q["part"]: correct}, kps[req.positions[0]], w, h, min_score))
-            samples.append(make_sample(
-                row, req.task, ctx, key=f"{req.positions[0]}:{i}", question=q["question"],
-                choices=q["choices"], answer=correct,
-                answer_struct={"index": q["answer_index"], "part": q["part"]}, **common))
-    for sample, verdict in zip(samples, verdicts):
-        sample["verified"], reasons = verdict.result()
-        sample["verify_reasons"] = json.dumps(reasons)
-        sample["generator"] = json.dumps(generator, sort_keys=True)
-    return samples
-
-
-# ---- the endpoint client -------------------------------------------------------------------
-
-class MLLMCallError(Exception):
-    def __init__(self, kind: str, detail: str, attempts: int):
-        super().__init__(f"{kind}: {detail}")
-        self.kind, self.detail, self.attempts = kind, detail, attempts
-
-
-class EndpointClient:
-    """OpenAI client with bounded retries, backoff, strict JSON and a circuit breaker."""
-
-    def __init__(self, cfg: MLLMConfig):
-        from openai import OpenAI
-
-        ep = cfg.endpoint
-        key = ep.api_key.get_secret_value() if ep.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
-        # Retries are ours (they also cover invalid JSON), so the client's are off.
-        self.client = OpenAI(base_url=ep.base_url, api_key=key, timeout=ep.timeout_s, max_retries=0)
-        self.cfg = cfg
-        self._failures = 0
-        self._lock = threading.Lock()
-
-    def _structured(self, task: str) -> dict[str, Any]:
-        schema = json_schema(task)
-        if self.cfg.endpoint.structured_output == "none":
-            return {}
-        if self.cfg.endpoint.structured_output == "extra_body":
-            return {"extra_body": {"structured_outputs": {"json": schema}}}
-        return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": task, "schema": schema, "strict": True}}}
-
-    def call(self, req: Request) -> tuple[dict, dict]:
-        """(parsed reply, usage/latency) or MLLMCallError after the last retry."""
-        import openai
-
-        ep = self.cfg.endpoint
-        last_kind, last_detail = "mllm_error", ""
-        for attempt in range(1, ep.max_retries + 2):
-            with self._lock:
-                if self._failures >= ep.circuit_breaker:
-                    raise MLLMCallError("mllm_unreachable", f"circuit open after {self._failures} "
-                                        "consecutive connection failures", 0)
-            start = time.perf_counter()
-            try:
-                resp = self.client.chat.completions.create(
-                    model=ep.model, messages=req.messages(self.cfg.image_max_side),
-                    **sampling_params(self.cfg), **self._structured(req.task))
-                text = resp.choices[0].message.content or ""
-                parsed = parse_reply(req.task, text)
-                with self._lock:
-                    self._failures = 0
-                usage = resp.usage
-                return parsed, {
-                    "prompt_tokens": usage.prompt_tokens if usage else None,
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                    "latency_s": round(time.perf_counter() - start, 3), "attempts": attempt,
-                    "finish_reason": resp.choices[0].finish_reason,
-                }
-            except openai.APITimeoutError:
-                last_kind, last_detail = "mllm_timeout", f"no reply within {ep.timeout_s}s"
-            except openai.APIConnectionError as exc:
-                with self._lock:
-                    self._failures += 1
-                last_kind, last_detail = "mllm_unreachable", str(exc)[:200]
-            except openai.APIStatusError as exc:
-                last_kind, last_detail = f"mllm_http_{exc.status_code}", str(exc.message)[:200]
-                if exc.status_code < 500 and exc.status_code != 429:
-                    raise MLLMCallError(last_kind, last_detail, attempt) from None
-            except ValueError as exc:   # invalid JSON or schema (pydantic's ValidationError)
-                last_kind, last_detail = "mllm_invalid_output", message_line(exc)[:200]
-            if attempt <= ep.max_retries:
-                time.sleep(ep.backoff_s * 2 ** (attempt - 1))
-        raise MLLMCallError(last_kind, last_detail, ep.max_retries + 1)
-
-
-def sampling_params(cfg: MLLMConfig) -> dict[str, Any]:
-    s = cfg.sampling
-    return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
-
-
-def generator_info(cfg: MLLMConfig, mode: str, req: Request, usage: dict) -> dict[str, Any]:
-    """The row's `generator` provenance, the same in endpoint and engine mode."""
-    model = cfg.endpoint.model if mode == "endpoint" else cfg.engine.model_source
-    return {"model": model, "mode": mode, "task": req.task, "prompt_version": req.prompt_version,
-            "sampling": sampling_params(cfg), "image": req.meta.get("image", "frame"), **usage}
-
-
-def add_samples(row: dict, req: Request, parsed: dict, generator: dict, cfg: MLLMConfig,
-                ctx: RunContext, min_score: float) -> None:
-    """Verified samples of one reply appended to row["samples"]; with on_verify_fail=drop
-    the contradicted ones are left out and counted as a `verify_failed_dropped` error."""
-    samples = rows_from_reply(row, req, parsed, generator, ctx, min_score)
-    kept = [s for s in samples if not (s["verified"] is False and cfg.on_verify_fail == "drop")]
-    if len(kept) < len(samples):
-        add_error(row, req.task, "verify_failed_dropped",
-                  f"{len(samples) - len(kept)} row(s) contradicted the pose geometry")
-    row["samples"] = list(row.get("samples") or []) + kept
+from proxyqa.core.config import MLLMConfig
+from proxyqa.models.openai_chat import EndpointClient, MLLMCallError
+from proxyqa.stages.base import Batch, RowStage, to_batch, to_rows
+from proxyqa.stages.mllm_plan import MLLMPlanner, Skip, reply_record
+from proxyqa.stages.mllm_requests import Request, json_schema, parse_reply, sampling_params
+from proxyqa.stages.sampling import RunContext
 
 
 class MLLMStage(RowStage):
@@ -328,51 +19,31 @@ class MLLMStage(RowStage):
     name = "mllm"
 
     def __init__(self, cfg: MLLMConfig, enabled_tasks: list[str], ctx: RunContext,
-                 min_keypoint_score: float = 0.5):
-        self.cfg, self.ctx, self.min_score = cfg, ctx, min_keypoint_score
-        self.tasks = [t for t in MLLM_TASKS if t in enabled_tasks]
-        self.client = EndpointClient(cfg)
+                 min_keypoint_score: float = 0.5, client: Optional[Any] = None):
+        self.cfg = cfg
+        self.planner = MLLMPlanner(cfg, enabled_tasks, ctx, min_keypoint_score)
+        self.client = client if client is not None else EndpointClient(cfg)
 
-    def __call__(self, batch):
-        from stages.base import to_batch, to_rows
-
+    def __call__(self, batch: Batch) -> Batch:
         rows = to_rows(batch)
         # Videos run concurrently; each worker keeps at most `concurrency` requests in flight.
         with ThreadPoolExecutor(max_workers=self.cfg.endpoint.concurrency) as pool:
             return to_batch(list(pool.map(self.run_row, rows)))
 
-    def _run(self, row: dict, req: Request) -> Optional[dict]:
+    def ask(self, req: Request) -> dict:
         try:
-            parsed, usage = self.client.call(req)
+            parsed, usage = self.client.call(
+                req.messages(self.cfg.image_max_side), name=req.task, schema=json_schema(req.task),
+                parse=lambda text: parse_reply(req.task, text), sampling=sampling_params(self.cfg))
         except MLLMCallError as exc:
-            add_error(row, req.task, exc.kind, exc.detail, attempts=exc.attempts)
-            return None
-        add_samples(row, req, parsed, generator_info(self.cfg, "endpoint", req, usage),
-                    self.cfg, self.ctx, self.min_score)
-        return parsed
+            return reply_record(error=(exc.kind, exc.detail, exc.attempts))
+        return reply_record(parsed, usage)
 
     def process(self, row: dict) -> dict:
-        if not self.tasks:
+        if not self.planner.tasks:
             return row
-        desc_req = description_request(row, self.ctx, self.min_score)
-        if desc_req is None:
-            for task in self.tasks:
-                add_error(row, task, "no_subject", "no tracked person to describe")
-            return row
-        description = None
-        if "pose_description" in self.tasks or "synthesized_qa" in self.tasks:
-            description = self._run(row, desc_req)
-        if "pose_difference" in self.tasks:
-            diff_req = difference_request(row, self.ctx, self.min_score, self.cfg.min_pose_motion)
-            if diff_req is None:
-                add_error(row, "pose_difference", "no_motion", "no frame pair with enough pose motion")
-            else:
-                self._run(row, diff_req)
-        if "synthesized_qa" in self.tasks:
-            if description is None:
-                add_error(row, "synthesized_qa", "depends_on_failed", "pose_description failed")
-            else:
-                self._run(row, qa_request(row, description, desc_req, self.cfg.questions_per_video))
-        if "pose_description" not in self.tasks and description is not None:
-            row["samples"] = [s for s in row["samples"] if s["task"] != "pose_description"]
-        return row
+        replies: dict[str, dict] = {}
+        for task in self.planner.calls:
+            step = self.planner.plan(row, task, replies)
+            replies[task] = {"skip": [step.kind, step.detail]} if isinstance(step, Skip) else self.ask(step)
+        return self.planner.finish(row, replies, "endpoint")

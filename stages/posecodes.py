@@ -1,6 +1,6 @@
 """Posecodes: geometry facts from COCO-17 keypoints, the ground truth of every geometry answer.
 
-Pure numpy. Inputs are one frame's keypoints as DESIGN.md stores them (17 x [x, y, score],
+Pure numpy. Inputs are one frame's keypoints as rows store them (docs/schema.md) (17 x [x, y, score],
 x and y normalised to [0, 1] of the original frame) plus the frame's width and height in
 pixels: all geometry is done in pixels, since normalised coordinates distort angles.
 
@@ -12,12 +12,13 @@ Every fact follows the rules in docs/posecodes.md (thresholds and margins live i
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from pipeline.schema import COCO17
+from proxyqa.core.schema import COCO17
 
 J = {name: i for i, name in enumerate(COCO17)}
 HEAD = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")

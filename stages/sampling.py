@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.schema import COORD_CONVENTION, SCHEMA_VERSION, TASK_FAMILY, empty_sample
+from proxyqa import __version__
+from proxyqa.core.people import Subject
+from proxyqa.core.schema import COORD_CONVENTION, SCHEMA_VERSION, TASK_FAMILY, empty_sample
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,12 @@ def make_sample(
 ) -> dict[str, Any]:
     """One QA row. `positions` index the video row's sampled frames, in shown order."""
     sample = empty_sample()
-    subject = json.loads(row["subject_json"]) if row.get("subject_json") else None
+    subject = Subject.from_json(row["subject_json"]) if row.get("subject_json") else None
     if keypoints is None and subject is not None:
-        kps = [subject["keypoints"][p] for p in positions]
+        kps = [subject.keypoints[p] for p in positions]
         keypoints = kps if all(k is not None for k in kps) else None
     if subject_box is None and subject is not None:
-        subject_box = union_box([subject["boxes"][p] for p in positions])
+        subject_box = union_box([subject.boxes[p] for p in positions])
     sample.update(
         sample_id=sample_id(row, task, key, ctx),
         video_id=row["video_id"],

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import TasksConfig
-from pipeline.schema import MLLM_TASKS   # their rows come from the MLLM stage, not a builder here
-from stages.base import RowStage
-from stages.sampling import RunContext
-from stages import tasks_motion, tasks_spatial, tasks_temporal
+from proxyqa.core.config import TasksConfig
+from proxyqa.core.schema import MLLM_TASKS  # their rows come from the MLLM stage, not a builder here
+from proxyqa.stages import tasks_motion, tasks_spatial, tasks_temporal
+from proxyqa.stages.base import RowStage
+from proxyqa.stages.sampling import RunContext
 
 
 class BuildTasksStage(RowStage):

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipeline.config import MotionCompareConfig
-from stages import posecodes as pc
-from stages.sampling import RunContext, make_sample, rng_for
-from stages.tasks_spatial import (box_note, part_words, side_note, subject_frames, subject_of,
-                                  subject_phrase)
+from proxyqa.core.config import MotionCompareConfig
+from proxyqa.stages import posecodes as pc
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.stages.tasks_spatial import box_note, part_words, side_note, subject_of, subject_phrase
 
 MAX_PAIRS = 64   # frame pairs examined per video at most
 
@@ -20,7 +19,7 @@ def row_pose_motion(min_score: float):
         subject = subject_of(row)
         if subject is None:
             return None
-        ka, kb = subject["keypoints"][pos_a], subject["keypoints"][pos_b]
+        ka, kb = subject.keypoints[pos_a], subject.keypoints[pos_b]
         if ka is None or kb is None:
             return None
         return pc.pose_motion(ka, kb, int(row["width"]), int(row["height"]), min_score)
@@ -78,8 +77,8 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
     if subject is None or cfg.samples_per_video == 0 or not cfg.kinds:
         return []
     w, h = int(row["width"]), int(row["height"])
-    kps, ts = subject["keypoints"], row["timestamps"]
-    frames = subject_frames(subject)
+    kps, ts = subject.keypoints, row["timestamps"]
+    frames = subject.frames()
     pairs = [(a, b) for i, a in enumerate(frames) for b in frames[i + 1:] if ts[b] > ts[a]]
     rng = rng_for(row, "motion_compare", ctx.seed)
     rules = motion_rules(cfg)

@@ -5,49 +5,27 @@ Left/right are the person's own; with several people the subject is named by its
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.config import BodyPartStateConfig, SpatialGroundingConfig
-from stages import posecodes as pc
-from stages.sampling import RunContext, make_sample, rng_for, union_box
+from proxyqa.core.config import BodyPartStateConfig, SpatialGroundingConfig
+from proxyqa.core.people import Subject, people_counts, subject_of  # noqa: F401 - tasks_motion
+from proxyqa.stages import posecodes as pc
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, union_box
 
 Candidate = tuple[int, str, dict[str, Any]]   # (frame position, diversity key, payload)
 
 
 # --- helpers shared with tasks_motion ---------------------------------------------------
 
-def subject_of(row: dict) -> Optional[dict]:
-    """The subject track (pose stage output), or None when the row has none."""
-    text = row.get("subject_json")
-    if not text:
-        return None
-    subject = json.loads(text)
-    if not subject.get("keypoints"):
-        return None
-    # Rows store keypoints as float32: decide on exactly the values a checker will read.
-    subject["keypoints"] = [None if k is None else np.asarray(k, np.float32).astype(float).tolist()
-                            for k in subject["keypoints"]]
-    return subject
-
-
-def subject_frames(subject: dict) -> list[int]:
-    """Sampled-frame positions where the subject has both keypoints and a box."""
-    boxes = subject.get("boxes") or []
-    return [p for p, k in enumerate(subject["keypoints"])
-            if k is not None and p < len(boxes) and boxes[p] is not None]
-
-
 def people_in_frames(row: dict, positions: Sequence[int]) -> int:
-    """Most people detected in any of the given frames (1 when the row has no persons_json)."""
-    text = row.get("persons_json")
-    if not text:
+    """Most people detected in any of the given frames (1 when the row has no pose output)."""
+    counts = people_counts(row)
+    if counts is None:
         return 1
-    persons = json.loads(text)            # one list of people per sampled frame
-    counts = [len(persons[p]) for p in positions if p < len(persons)]
-    return max(counts, default=1)
+    return max((counts[p] for p in positions if p < len(counts)), default=1)
 
 
 def fmt_coords(values: Sequence[float], coord_format: str) -> str:
@@ -63,12 +41,12 @@ def coord_words(coord_format: str) -> str:
     return "fractions from 0 to 1 of the image's width and height, from its top-left corner"
 
 
-def subject_phrase(row: dict, subject: dict, positions: Sequence[int],
+def subject_phrase(row: dict, subject: Subject, positions: Sequence[int],
                    coord_format: str) -> tuple[str, bool]:
     """('the person', False), or the person named by its box in the shown frames, True."""
     if people_in_frames(row, positions) <= 1:
         return "the person", False
-    box = union_box([subject["boxes"][p] for p in positions])
+    box = union_box([subject.boxes[p] for p in positions])
     return f"the person in the box {fmt_coords(box, coord_format)}", True
 
 
@@ -117,8 +95,8 @@ def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     cands: list[Candidate] = []
-    for pos in subject_frames(subject):
-        kps = subject["keypoints"][pos]
+    for pos in subject.frames():
+        kps = subject.keypoints[pos]
         if "point" in cfg.kinds:
             for joint in pc.GROUND_JOINTS:
                 pt = pc.joint_point(kps, w, h, joint, min_score, cfg.edge_margin,
@@ -170,8 +148,8 @@ def body_part_state(row: dict, cfg: BodyPartStateConfig, ctx: RunContext,
     w, h = int(row["width"]), int(row["height"])
     rules = state_rules(cfg)
     cands: list[Candidate] = []
-    for pos in subject_frames(subject):
-        truths = pc.state_truths(subject["keypoints"][pos], w, h, min_score, rules)
+    for pos in subject.frames():
+        truths = pc.state_truths(subject.keypoints[pos], w, h, min_score, rules)
         for part, states in truths.items():
             true = [s for s, v in states.items() if v is True]
             false = [s for s, v in states.items() if v is False]

@@ -1,13 +1,14 @@
 """Temporal proxy tasks whose answers come from construction: frame order and direction."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from pipeline.config import TemporalDirectionConfig, TemporalOrderConfig
-from stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.core.config import TemporalDirectionConfig, TemporalOrderConfig
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for
 
 # Optional pose guard: (row, pos_a, pos_b) -> subject motion in body-size units, or None.
 PoseMotion = Callable[[dict, int, int], Optional[float]]

@@ -9,31 +9,20 @@ detection, so a person missed in one frame keeps its id.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from proxyqa.core.people import box_area, box_iou  # noqa: F401 - part of this module's API
 
 
 class Detected(Protocol):
     box: list[float]                 # [x1, y1, x2, y2], normalised to the frame
     keypoints: np.ndarray            # (17, 3): x, y normalised, score
     track_id: Optional[int]
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def box_area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
 def keypoint_similarity(kp_a: np.ndarray, kp_b: np.ndarray, height: float,

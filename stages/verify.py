@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from stages import posecodes
+from proxyqa.stages import posecodes
 
 # (part kind, regex) -> posecode state. Part kinds: arm, torso; legs: LEG_KEYWORDS.
 STATE_KEYWORDS: list[tuple[str, str, str]] = [

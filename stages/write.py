@@ -15,12 +15,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import S3Config
-from pipeline.schema import SAMPLE_SCHEMA, VIDEO_RECORD_SCHEMA
-from pipeline.storage import get_fs, write_bytes_atomic
-from stages.base import Batch, to_rows
-
-VIDEOS_DIR = "_videos"
+from proxyqa.core.config import S3Config
+from proxyqa.core.layout import VIDEOS_DIR, task_dir
+from proxyqa.core.schema import SAMPLE_SCHEMA, VIDEO_RECORD_SCHEMA
+from proxyqa.core.storage import get_fs, write_bytes_atomic
+from proxyqa.stages.base import Batch, to_rows
 
 
 def digest(ids: list[str]) -> str:
@@ -65,7 +64,7 @@ class ShardWriterStage:
             for start in range(0, len(samples), self.rows_per_file):
                 chunk = samples[start:start + self.rows_per_file]
                 table = pa.Table.from_pylist(chunk, schema=SAMPLE_SCHEMA)
-                rel = self._put(f"task={task}/part-{digest([s['sample_id'] for s in chunk])}.parquet",
+                rel = self._put(f"{task_dir(task)}/part-{digest([s['sample_id'] for s in chunk])}.parquet",
                                 table)
                 for s in chunk:
                     shards_of[s["video_id"]].add(rel)

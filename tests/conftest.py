@@ -1,13 +1,13 @@
-"""Shared fixtures: the real clips in ../shared/data and one small real run per session."""
+"""Fixtures: the real clips in ../shared/data, one small real run per session, the vLLM
+server. Plain helpers live in tests/helpers (import them from there, not from here)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 # torch before decord: decord2 loads CUDA's libnvblas globally, and a torch imported after it
-# crashes in CPU convolutions (see README, Pose).
+# crashes in CPU convolutions (see docs/tasks.md).
 try:
     import torch  # noqa: F401
 except ImportError:
@@ -15,10 +15,7 @@ except ImportError:
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PROXYQA_SHARED", REPO.parent / "shared")).resolve()
-CLIPS = SHARED / "data" / "clips"
-COCO = SHARED / "data" / "coco_pose"
+from tests.helpers import CLIPS, COCO, REPO, latest_run, run_cli
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".cache" / "ultralytics"))
@@ -38,29 +35,6 @@ def clips_dir() -> Path:
 @pytest.fixture(scope="session")
 def coco_dir() -> Path:
     return COCO
-
-
-def run_cli(config: str | Path, *args: str) -> int:
-    """Runs `proxyqa run` in-process (one Ray instance serves the whole test session)."""
-    from pipeline.cli import main
-
-    return main(["run", "--config", str(config), *args])
-
-
-def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
-    """(rows, manifest, report) of a finished run, read with plain pyarrow."""
-    import pyarrow.parquet as pq
-
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    report = json.loads((run_dir / "report.json").read_text())
-    rows = []
-    for shard in manifest["shards"]:
-        rows.extend(pq.read_table(run_dir / shard["path"]).to_pylist())
-    return rows, manifest, report
-
-
-def latest_run(output: Path) -> Path:
-    return output / (output / "latest").read_text().strip()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ so editing a prompt changes the config hash and regenerates the rows it affects.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from string import Template
 
@@ -15,7 +15,7 @@ PROMPTS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(task: str) -> tuple[Template, str]:
     """(template, version) of a task's prompt."""
     name = PROMPTS[task]

@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
-from pipeline.config import ConfigError, DecodeConfig, Limits, describe_fields, load_config
-from stages.decode import DecodeStage, header_probe
-from zoo import write_video
+from proxyqa.core.config import ConfigError, DecodeConfig, Limits, describe_fields, load_config
+from proxyqa.stages.decode import DecodeStage, header_probe
+from tests.helpers import REPO
+from tests.helpers.zoo import write_video
 
 W, H, FPS, N = 320, 240, 10, 6000      # ten minutes; 1.4 GB as raw RGB frames
 
@@ -72,8 +72,8 @@ def test_pixel_limit_is_read_from_the_header(media):
 
 _PEAK_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    from pipeline.config import DecodeConfig, Limits
-    from stages.decode import DecodeStage
+    from proxyqa.core.config import DecodeConfig, Limits
+    from proxyqa.stages.decode import DecodeStage
 
     def status_mb(field):
         with open("/proc/self/status") as fh:

@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import latest_run, read_run, run_cli
-from fault_helpers import FAST, GOOD_CLIPS, baseline, comparable
-from pipeline.sources import portable_uri
-from zoo import make_zoo
+from proxyqa.pipeline.sources import portable_uri
+from tests.helpers import latest_run, read_run, run_cli
+from tests.helpers.faults import FAST, GOOD_CLIPS, baseline, comparable
+from tests.helpers.zoo import make_zoo
 
 pytestmark = pytest.mark.ray
 

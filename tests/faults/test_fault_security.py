@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
-from fault_helpers import FAST, scan_for
-from ops_helpers import PROXYQA, child_env, frozen_config, kill_group
-from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
+from proxyqa.core.config import ConfigError, load_config
+from proxyqa.pipeline.cli import main
+from tests.helpers import REPO
+from tests.helpers.faults import FAST, scan_for
+from tests.helpers.ops import PROXYQA, child_env, frozen_config, kill_group
 
 # Distinct, greppable values: one per place a credential can come from.
 SECRETS = {
@@ -42,8 +42,8 @@ def test_planted_secrets_never_reach_logs_or_outputs(tmp_path, clips_dir):
     with keys from the config, the MLLM enabled with an API key (its endpoint down, so its
     error path runs too). Stdout, stderr, every object written and the Ray session logs
     are scanned byte by byte."""
-    from moto.server import ThreadedMotoServer
     import boto3
+    from moto.server import ThreadedMotoServer
 
     ray_logs = Path(tempfile.mkdtemp(prefix="rq", dir="/tmp"))  # short: Ray's socket paths
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -122,7 +122,7 @@ def test_yaml_is_loaded_safely(tmp_path, capsys):
 def test_secrets_stay_out_of_config_errors(tmp_path):
     """A config error names the key, never the value given for it."""
     secret = SECRETS["mllm.endpoint.api_key"]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config",
+    proc = subprocess.run([sys.executable, "-m", "proxyqa.pipeline.cli", "run", "--config",
                            str(REPO / "configs" / "local.yaml"), "--input", str(tmp_path),
                            "--set", f"mllm.endpoint.api_key=[{secret}]"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -139,7 +139,7 @@ OUTPUT_FILES = re.compile(
 
 @pytest.mark.ray
 def test_output_paths_come_from_ids_not_input_names(tmp_path, clips_dir):
-    from conftest import run_cli
+    from tests.helpers import run_cli
 
     folder = tmp_path / "in"
     folder.mkdir()

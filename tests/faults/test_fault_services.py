@@ -22,10 +22,20 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import latest_run, run_cli
-from fault_helpers import FAST, GOOD_CLIPS, baseline, comparable
-from ops_helpers import (PROXYQA, assert_no_duplicates, child_env, copy_clips, dataset,
-                         free_port, frozen_config, kill_group, run_proxyqa, wait_for)
+from tests.helpers import latest_run, run_cli
+from tests.helpers.faults import FAST, GOOD_CLIPS, baseline, comparable
+from tests.helpers.ops import (
+    PROXYQA,
+    assert_no_duplicates,
+    child_env,
+    copy_clips,
+    dataset,
+    free_port,
+    frozen_config,
+    kill_group,
+    run_proxyqa,
+    wait_for,
+)
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
@@ -139,7 +149,7 @@ TWO_CLIPS = ["kinetics_clean_and_jerk.mp4", "decord_flipping_a_pancake.mkv"]
 
 
 def _mllm_run(config, folder, out, base_url: str, *extra: str) -> tuple[list[dict], dict, dict]:
-    from tests.mllm_server.server import MODEL_NAME   # the real server's model name
+    from tests.mllm_server.server import MODEL_NAME  # the real server's model name
 
     endpoint = [f"mllm.endpoint.base_url={base_url}", f"mllm.endpoint.model={MODEL_NAME}",
                 "mllm.endpoint.max_retries=1", "mllm.endpoint.backoff_s=0.1", "mllm.enabled=true"]

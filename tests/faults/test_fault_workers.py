@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import latest_run, read_run
-from fault_helpers import FAST, GOOD_CLIPS, baseline, comparable, stage_workers
-from ops_helpers import PROXYQA, assert_no_duplicates, child_env, copy_clips, kill_group
+from tests.helpers import latest_run, read_run
+from tests.helpers.faults import FAST, GOOD_CLIPS, baseline, comparable, stage_workers
+from tests.helpers.ops import PROXYQA, assert_no_duplicates, child_env, copy_clips, kill_group
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -16,9 +16,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", REPO_ROOT / ".venv-vllm"))
@@ -117,7 +117,7 @@ class VLLMServer:
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         env = {
             **os.environ,
             **_offline_env(),
@@ -206,7 +206,7 @@ class VLLMServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(

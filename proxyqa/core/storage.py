@@ -1,0 +1,90 @@
+"""Local and S3 paths behind one fsspec interface (s3fs for s3://).
+
+S3 settings come from `s3:` in the config (endpoint override for MinIO/moto, region);
+credentials from the standard AWS chain (env, shared profile, instance/pod role) unless
+`s3.key`/`s3.secret` are set. The same S3Config travels to Ray workers in stage kwargs.
+"""
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+
+from proxyqa.core.config import S3Config
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def storage_options(uri: str, s3: S3Config | None) -> dict[str, Any]:
+    if not is_s3(uri) or s3 is None:
+        return {}
+    opts: dict[str, Any] = {"anon": s3.anon}
+    client_kwargs: dict[str, Any] = {}
+    if s3.endpoint_url:
+        client_kwargs["endpoint_url"] = s3.endpoint_url
+    if s3.region:
+        client_kwargs["region_name"] = s3.region
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    if s3.key is not None and s3.secret is not None:
+        opts["key"] = s3.key.get_secret_value()
+        opts["secret"] = s3.secret.get_secret_value()
+    return opts
+
+
+def get_fs(uri: str, s3: S3Config | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or s3:// URI."""
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, s3))
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join and normalise ('runs/b/../a' -> 'runs/a': S3 keys do not resolve '..')."""
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.normpath(posixpath.join(rest, *parts))
+    return posixpath.normpath(posixpath.join(base, *parts))
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URI a user would type for `path` on `fs`."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    return f"{protocol}://{path}" if protocol != "s3a" else f"s3://{path}"
+
+
+def fs_is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return is_s3(full_uri(fs, "x"))
+
+
+def fresh(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """Drop cached listings: other processes (Ray workers, other runs) write here too."""
+    fs.invalidate_cache()
+    return fs
+
+
+def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Local: create the folder. S3: prefixes need no creating, but the bucket must exist
+    (s3fs would silently create a missing bucket)."""
+    if not fs_is_s3(fs):
+        fs.makedirs(path, exist_ok=True)
+        return
+    bucket = path.split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise FileNotFoundError(f"bucket {bucket} does not exist")
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write then rename, so readers never see half a file (an S3 PUT is atomic already)."""
+    if fs_is_s3(fs):
+        fs.pipe_file(path, data)
+        return
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # unique: a retried writer may race the first
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)

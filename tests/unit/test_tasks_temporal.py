@@ -1,0 +1,92 @@
+import json
+
+import cv2
+import numpy as np
+
+from proxyqa.core.config import TasksConfig, TemporalDirectionConfig, TemporalOrderConfig
+from proxyqa.core.schema import SAMPLE_SCHEMA
+from proxyqa.stages.sampling import RunContext
+from proxyqa.stages.tasks import BuildTasksStage
+from proxyqa.stages.tasks_temporal import grey_thumbs, temporal_direction, temporal_order
+
+CTX = RunContext(run_id="r", config_hash="h", seed=0)
+
+
+def _jpeg(value: int, shift: int = 0) -> bytes:
+    img = np.full((64, 96, 3), value, np.uint8)
+    cv2.rectangle(img, (5 + shift, 5), (25 + shift, 40), (255, 255, 255), -1)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _row(frames: list[bytes], content="c1") -> dict:
+    n = len(frames)
+    return {"video_uri": "/v.mp4", "video_id": "vid", "content_id": content, "status": "ok",
+            "width": 96, "height": 64, "frames_jpeg": frames, "frame_indices": list(range(0, 10 * n, 10)),
+            "timestamps": [i / 3 for i in range(n)]}
+
+
+MOVING = [_jpeg(20 + 10 * i, shift=6 * i) for i in range(10)]
+STATIC = [_jpeg(100) for _ in range(10)]
+
+
+def test_temporal_order_answer_is_the_chronological_permutation():
+    row = _row(MOVING)
+    samples = temporal_order(row, TemporalOrderConfig(frames=4, samples_per_video=3), CTX,
+                             grey_thumbs(row["frames_jpeg"]))
+    assert len(samples) == 3
+    for s in samples:
+        order = json.loads(s["answer_struct"])["order"]
+        assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+        ts = [s["timestamps"][i] for i in order]
+        assert all(b > a for a, b in zip(ts, ts[1:]))
+        assert s["answer"] == ", ".join(str(i + 1) for i in order)
+        # The images are the frames at frame_indices, in shown order.
+        for img, fidx in zip(s["images"], s["frame_indices"]):
+            assert img == row["frames_jpeg"][fidx // 10]
+        assert s["answer_source"] == "construction" and s["family"] == "temporal"
+
+
+def test_static_video_gives_no_order_or_direction_questions():
+    row = _row(STATIC)
+    thumbs = grey_thumbs(row["frames_jpeg"])
+    assert temporal_order(row, TemporalOrderConfig(), CTX, thumbs) == []
+    assert temporal_direction(row, TemporalDirectionConfig(), CTX, thumbs) == []
+
+
+def test_temporal_direction_reversed_shows_frames_backwards():
+    row = _row(MOVING)
+    samples = temporal_direction(row, TemporalDirectionConfig(frames=3, samples_per_video=4), CTX,
+                                 grey_thumbs(row["frames_jpeg"]))
+    assert len(samples) == 4
+    flags = [json.loads(s["answer_struct"])["reversed"] for s in samples]
+    assert sorted(flags) == [False, False, True, True]          # balanced per video
+    for s, rev in zip(samples, flags):
+        ts = s["timestamps"]
+        assert (ts == sorted(ts, reverse=True)) if rev else (ts == sorted(ts))
+        assert s["answer"] == s["choices"][json.loads(s["answer_struct"])["index"]]
+
+
+def test_deterministic_given_content_and_seed():
+    stage = BuildTasksStage(TasksConfig(), CTX)
+    batch = {k: [v] for k, v in _row(MOVING).items()}
+    ids = lambda out: [s["sample_id"] for s in out["samples"][0]]  # noqa: E731
+    first = ids(stage(batch))
+    assert first == ids(stage(batch))
+    assert first == ids(stage({**batch, "video_uri": ["s3://b/v.mp4"], "video_id": ["other"]}))
+    assert first != ids(BuildTasksStage(TasksConfig(seed=1), RunContext("r", "h", 1))(batch))
+
+
+def test_samples_fit_the_parquet_schema():
+    import pyarrow as pa
+
+    stage = BuildTasksStage(TasksConfig(), CTX)
+    out = stage({k: [v] for k, v in _row(MOVING).items()})
+    table = pa.Table.from_pylist(out["samples"][0], schema=SAMPLE_SCHEMA)
+    assert table.num_rows == len(out["samples"][0]) > 0
+
+
+def test_unknown_task_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown task"):
+        BuildTasksStage(TasksConfig(enabled=["temporal_odrer"]), CTX)
