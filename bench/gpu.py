@@ -265,25 +265,24 @@ def run_stage(args: argparse.Namespace, base_url: str, concurrency: int, rows: l
     stage = MLLMStage(cfg.mllm, cfg.tasks.enabled, RunContext("bench", "bench"), cfg.pose.min_keypoint_score)
     calls: list[dict] = []
     lock = threading.Lock()
-    inner = stage.client.call
+    inner = stage.ask
 
-    def call(req):
+    def ask(req):
         start = time.perf_counter()
-        try:
-            parsed, usage = inner(req)
-        except Exception as exc:
-            with lock:
-                calls.append({"ok": False, "latency_s": time.perf_counter() - start,
-                              "kind": getattr(exc, "kind", type(exc).__name__)})
-            raise
+        record = inner(req)
         with lock:
-            calls.append({"ok": True, "latency_s": time.perf_counter() - start,
-                          "images": len(req.images), "prompt_tokens": usage.get("prompt_tokens"),
-                          "completion_tokens": usage.get("completion_tokens"),
-                          "image_size": _image_size(req, cfg.mllm.image_max_side)})
-        return parsed, usage
+            if "error" in record:
+                calls.append({"ok": False, "latency_s": time.perf_counter() - start,
+                              "kind": record["error"][0]})
+            else:
+                usage = record["usage"]
+                calls.append({"ok": True, "latency_s": time.perf_counter() - start,
+                              "images": len(req.images), "prompt_tokens": usage.get("prompt_tokens"),
+                              "completion_tokens": usage.get("completion_tokens"),
+                              "image_size": _image_size(req, cfg.mllm.image_max_side)})
+        return record
 
-    stage.client.call = call
+    stage.ask = ask
     stage(to_batch([dict(r) for r in rows[:1]]))          # warm (grammar compile)
     calls.clear()
     with Clock() as c:

@@ -11,9 +11,6 @@
 """
 from __future__ import annotations
 
-import io
-import json
-import posixpath
 import shutil
 import subprocess
 import threading
@@ -22,14 +19,14 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import latest_run, run_cli
+from tests.helpers import latest_run, read_run, run_cli
 from tests.helpers.faults import FAST, GOOD_CLIPS, baseline, comparable
 from tests.helpers.ops import (
+    ID_COLUMNS,
     PROXYQA,
     assert_no_duplicates,
     child_env,
     copy_clips,
-    dataset,
     free_port,
     frozen_config,
     kill_group,
@@ -70,18 +67,6 @@ def moto(monkeypatch):
     server.start()
     yield server
     server.stop()
-
-
-def _s3_rows(client, bucket: str, prefix: str) -> tuple[list[dict], dict, dict]:
-    get = lambda key: client.get_object(Bucket=bucket, Key=key)["Body"].read()  # noqa: E731
-    run_prefix = posixpath.join(prefix, get(f"{prefix}/latest").decode().strip())
-    manifest = json.loads(get(f"{run_prefix}/manifest.json"))
-    report = json.loads(get(f"{run_prefix}/report.json"))
-    rows = []
-    for shard in manifest["shards"]:
-        key = posixpath.normpath(posixpath.join(run_prefix, shard["path"]))
-        rows.extend(pq.read_table(io.BytesIO(get(key))).to_pylist())
-    return rows, manifest, report
 
 
 @pytest.mark.s3
@@ -134,7 +119,8 @@ def test_s3_stopped_mid_run_then_rerun(moto, tmp_path, tmp_path_factory, clips_d
     rerun = run_proxyqa(*args, env=child_env(**AWS_ENV), timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert "(resuming, " in rerun.stdout
-    rows, manifest, report = _s3_rows(client, "datasets", "qa")
+    latest = client.get_object(Bucket="datasets", Key="qa/latest")["Body"].read().decode().strip()
+    rows, manifest, report = read_run(f"s3://datasets/qa/{latest}", endpoint_url=moto.endpoint)
     assert manifest["resumed"] is True
     assert [v["status"] for v in report["videos"]] == ["ok"] * len(GOOD_CLIPS)
     assert_no_duplicates(rows)
@@ -156,7 +142,7 @@ def _mllm_run(config, folder, out, base_url: str, *extra: str) -> tuple[list[dic
     sets = [arg for item in endpoint for arg in ("--set", item)]
     assert run_cli(config, "--input", str(folder), "--output", str(out), *FAST, *MLLM_TASKS,
                    *sets, *extra) == 0
-    return dataset(latest_run(out))
+    return read_run(latest_run(out), ID_COLUMNS)
 
 
 def _mllm_errors(report: dict) -> dict[str, set[str]]:

@@ -20,15 +20,26 @@ def run_cli(config: str | Path, *args: str) -> int:
     return main(["run", "--config", str(config), *args])
 
 
-def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
-    """(rows, manifest, report) of a finished run, read with plain pyarrow."""
+def read_run(run: Path | str, columns: list[str] | None = None,
+             endpoint_url: str | None = None) -> tuple[list[dict], dict, dict]:
+    """(rows, manifest, report) of a finished run, read with plain pyarrow and fsspec (not
+    with the reader under test). `run` is a run folder, local or `s3://bucket/...` (then
+    `endpoint_url` names the S3 server); `columns` limits what is read."""
+    import posixpath
+
+    import fsspec
     import pyarrow.parquet as pq
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    report = json.loads((run_dir / "report.json").read_text())
+    uri = str(run)
+    fs = (fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint_url}, skip_instance_cache=True)
+          if uri.startswith("s3://") else fsspec.filesystem("file"))
+    root = uri[len("s3://"):] if uri.startswith("s3://") else uri
+    manifest = json.loads(fs.cat_file(posixpath.join(root, "manifest.json")))
+    report = json.loads(fs.cat_file(posixpath.join(root, "report.json")))
     rows = []
     for shard in manifest["shards"]:
-        rows.extend(pq.read_table(run_dir / shard["path"]).to_pylist())
+        with fs.open(posixpath.normpath(posixpath.join(root, shard["path"])), "rb") as f:
+            rows.extend(pq.read_table(f, columns=columns).to_pylist())
     return rows, manifest, report
 
 

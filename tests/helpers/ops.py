@@ -1,7 +1,6 @@
 """Helpers of the operations tests: `proxyqa run` as a real subprocess, run contents."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -11,8 +10,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from tests.helpers import REPO
 
@@ -75,15 +72,7 @@ def shard_files(run_dir: Path, manifest: dict) -> list[Path]:
     return [(run_dir / s["path"]).resolve() for s in manifest["shards"]]
 
 
-def dataset(run_dir: Path) -> tuple[list[dict], dict, dict]:
-    """(rows of every manifest shard without images, manifest, report) of a complete run."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    report = json.loads((run_dir / "report.json").read_text())
-    rows = []
-    for path in shard_files(run_dir, manifest):
-        rows.extend(pq.read_table(path, columns=["sample_id", "video_id", "task", "run_id",
-                                                 "config_hash"]).to_pylist())
-    return rows, manifest, report
+ID_COLUMNS = ["sample_id", "video_id", "task", "run_id", "config_hash"]
 
 
 def assert_no_duplicates(rows: list[dict]) -> None:

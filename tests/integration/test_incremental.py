@@ -6,8 +6,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import latest_run, run_cli
-from tests.helpers.ops import QUIET, assert_no_duplicates, copy_clips, dataset, frozen_config
+from tests.helpers import latest_run, read_run, run_cli
+from tests.helpers.ops import ID_COLUMNS, QUIET, assert_no_duplicates, copy_clips, frozen_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ FEWER_FRAMES = ("--set", "decode.num_frames=8")  # faster; the same in every run
 def _run(config, folder, out, *extra) -> tuple[list[dict], dict, dict]:
     assert run_cli(config, "--input", str(folder), "--output", str(out), *QUIET, *FEWER_FRAMES,
                    *extra) == 0
-    return dataset(latest_run(out))
+    return read_run(latest_run(out), ID_COLUMNS)
 
 
 def _by_name(report: dict) -> dict[str, dict]:

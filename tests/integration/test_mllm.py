@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from proxyqa.core.schema import MLLM_TASKS
-from proxyqa.stages.mllm import parse_reply
+from proxyqa.stages.mllm_requests import parse_reply
 from proxyqa.stages.verify import check_motion, check_states, state_claims
 from tests.helpers import REPO, latest_run, read_run, run_cli
 from tests.helpers.fault_proxy import FaultProxy
@@ -71,31 +71,44 @@ def test_replies_are_parsed_strictly():
 
 # ---- in-cluster engine: built from config here, runs on GPU nodes ----------------------------
 
+def _engine_plan(cfg):
+    """The engine-mode steps of the plan: one llm pass per planned call, then MLLMFinish."""
+    from proxyqa.pipeline.plan import engine_steps
+    from proxyqa.stages.sampling import RunContext
+
+    mllm = dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=RunContext("r", "h"),
+                min_keypoint_score=0.5)
+    return engine_steps(cfg, mllm)
+
+
 def test_engine_processors_are_built_from_config(tmp_path, monkeypatch):
     from proxyqa.core.config import load_config
-    from proxyqa.pipeline.engine import EnginePre, build_processors
-    from proxyqa.stages.sampling import RunContext
+    from proxyqa.pipeline.graph import _engine_config, _engine_pass
     from tests.mllm_server.server import ensure_tiny_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model_dir = ensure_tiny_model(REPO / ".cache" / "mllm_server")
     cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", f"mllm.engine.model_source={model_dir}",
-                             "mllm.engine.batch_size=4", "mllm.engine.max_model_len=2048"])
-    ctx = RunContext("r", "h")
-    procs = build_processors(cfg.mllm, list(MLLM_TASKS), ctx, 0.5)
-    assert len(procs) == 3
-    for proc in procs:
+                             "mllm.engine.batch_size=4", "mllm.engine.max_model_len=2048",
+                             f"tasks.enabled=[{','.join(MLLM_TASKS)}]"])
+    plan = _engine_plan(cfg)
+    passes = [s for s in plan if s.kind == "llm"]
+    assert [s.kwargs["task"] for s in passes] == list(MLLM_TASKS)
+    assert plan[-1].stage.__name__ == "MLLMFinish"
+    engine = _engine_config(cfg)
+    for step in passes:
+        proc = _engine_pass(step, engine)
         assert "vLLMEngineStage" in proc.list_stage_names()
-        engine = proc.get_stage_by_name("vLLMEngineStage")
-        assert engine.fn_constructor_kwargs["model"] == str(model_dir)
-        assert engine.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
+        stage = proc.get_stage_by_name("vLLMEngineStage")
+        assert stage.fn_constructor_kwargs["model"] == str(model_dir)
+        assert stage.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
     # Pre-processing writes the same request the endpoint mode sends, with the JSON schema.
     row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
            "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
            "frames_jpeg": [_jpeg(), _jpeg()],
            "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
                                        "keypoints": [RAISED, RAISED]})}
-    out = EnginePre("pose_description", cfg.mllm, ctx, 0.5)(row)
+    out = passes[0].stage(**passes[0].kwargs)(row)
     assert out["sampling_params"]["structured_outputs"]["json"]["title"] == "PoseDescription"
     assert out["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
 
@@ -105,24 +118,26 @@ def test_engine_replies_are_verified_like_endpoint_ones(on_fail):
     # The engine's output row (fields as ray.data.llm's vLLM stage writes them) goes through
     # the same verification, drop rule and provenance as endpoint mode.
     from proxyqa.core.config import load_config
-    from proxyqa.pipeline.engine import EnginePost, EnginePre
-    from proxyqa.stages.sampling import RunContext
+    from proxyqa.pipeline.engine import EnginePost
+    from proxyqa.stages.base import to_batch, to_rows
 
     cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", "mllm.engine.model_source=/m",
-                             f"mllm.on_verify_fail={on_fail}"])
-    ctx = RunContext("r", "h")
+                             f"mllm.on_verify_fail={on_fail}", "tasks.enabled=[pose_description]"])
+    pre_step, finish_step = _engine_plan(cfg)
     row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
            "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
            "frames_jpeg": [_jpeg(), _jpeg()], "subject_crops_jpeg": [_jpeg(), _jpeg()],
            "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
                                        "keypoints": [RAISED, RAISED]})}
-    pre = EnginePre("pose_description", cfg.mllm, ctx, 0.5)(row)
+    pre = pre_step.stage(**pre_step.kwargs)(row)
     reply = {"head": "facing the camera", "torso": "upright",
              "left_arm": "hanging down by the side",          # false: the left arm is raised
              "right_arm": "hanging down by the side", "left_leg": "straight", "right_leg": "straight"}
-    out = EnginePost("pose_description", cfg.mllm, ctx, 0.5)(
+    post = EnginePost("pose_description")(
         {**pre, "generated_text": json.dumps(reply), "num_input_tokens": 321,
          "num_generated_tokens": 45, "time_taken_llm": 0.7})
+    (out,) = to_rows(finish_step.stage(**finish_step.kwargs)(to_batch([post])))
+    assert "mllm_state_json" not in out
     errors = json.loads(out.get("errors_json") or "[]")
     if on_fail == "drop":
         assert not out.get("samples")
@@ -263,7 +278,7 @@ def test_server_killed_mid_run(tmp_path, clips_dir):
 
 
 def test_difference_prompt_names_the_subject_when_either_frame_has_others():
-    from proxyqa.stages.mllm import difference_request
+    from proxyqa.stages.mllm_requests import difference_request
     from proxyqa.stages.sampling import RunContext
 
     other = normalise(make_pose_px(arms=((10, 175), (170, 175))), W, H)

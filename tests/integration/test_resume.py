@@ -11,14 +11,14 @@ import subprocess
 import pytest
 
 import proxyqa.pipeline.run as run_module
-from tests.helpers import latest_run, run_cli
+from tests.helpers import latest_run, read_run, run_cli
 from tests.helpers.ops import (
+    ID_COLUMNS,
     PROXYQA,
     QUIET,
     assert_no_duplicates,
     child_env,
     copy_clips,
-    dataset,
     frozen_config,
     kill_group,
     wait_for,
@@ -40,7 +40,7 @@ def baseline(tmp_path_factory, clips_dir):
     folder = copy_clips(clips_dir, tmp / "in", CLIPS)
     out = tmp / "baseline"
     assert run_cli(config, "--input", str(folder), "--output", str(out), *QUIET) == 0
-    rows, manifest, _ = dataset(latest_run(out))
+    rows, manifest, _ = read_run(latest_run(out), ID_COLUMNS)
     assert rows and manifest["counts"]["videos_by_status"] == {"ok": len(CLIPS)}
     return config, folder, out, rows
 
@@ -78,7 +78,7 @@ def test_kill_9_mid_run_then_rerun(baseline, tmp_path):
     # Rerun (same command): resumes the killed run, processes only the rest.
     assert run_cli(config, "--input", str(folder), "--output", str(out), *QUIET, *PER_VIDEO) == 0
     assert latest_run(out) == killed
-    rows, manifest, report = dataset(killed)
+    rows, manifest, report = read_run(killed, ID_COLUMNS)
     assert manifest["resumed"] is True
     assert report["counts"]["videos_by_status"] == {"ok": len(CLIPS)}
     assert {r["sample_id"] for r in rows} == {r["sample_id"] for r in base_rows}
@@ -115,7 +115,7 @@ def test_crash_during_commit_is_invisible_and_recovers(baseline, tmp_path, monke
 
     assert run_cli(config, "--input", str(folder), "--output", str(out), *QUIET) == 0
     assert latest_run(out) == crashed
-    rows, manifest, _ = dataset(crashed)
+    rows, manifest, _ = read_run(crashed, ID_COLUMNS)
     assert manifest["resumed"] and manifest["counts"]["videos_processed"] == len(CLIPS)
     assert {r["sample_id"] for r in rows} == {r["sample_id"] for r in base_rows}
     assert_no_duplicates(rows)

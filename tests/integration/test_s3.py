@@ -6,10 +6,6 @@ cluster's workers inherit theirs.
 """
 from __future__ import annotations
 
-import json
-import posixpath
-
-import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import latest_run, read_run, run_cli
@@ -63,22 +59,6 @@ def _upload(s3, folder, prefix: str) -> list[str]:
     return keys
 
 
-def _read_s3_run(s3, bucket: str, run_prefix: str) -> tuple[list[dict], dict, dict]:
-    def get(key):
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-    import io
-
-    manifest = json.loads(get(f"{run_prefix}/manifest.json"))
-    report = json.loads(get(f"{run_prefix}/report.json"))
-    rows = []
-    for shard in manifest["shards"]:
-        key = posixpath.normpath(posixpath.join(run_prefix, shard["path"]))
-        rows.extend(pq.read_table(io.BytesIO(get(key)),
-                                  columns=["sample_id", "video_id", "video_uri"]).to_pylist())
-    return rows, manifest, report
-
-
 def test_listing_an_s3_prefix(s3, s3_endpoint, small_input):
     from proxyqa.pipeline.sources import list_videos
 
@@ -113,7 +93,7 @@ def test_s3_to_s3_run_matches_local_run(s3, s3_endpoint, small_input, tmp_path):
     proc = run_proxyqa(*args, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:]
     run_prefix = s3.get_object(Bucket="datasets", Key="qa/latest")["Body"].read().decode().strip()
-    rows, manifest, report = _read_s3_run(s3, "datasets", f"qa/{run_prefix}")
+    rows, manifest, report = read_run(f"s3://datasets/qa/{run_prefix}", ["sample_id", "video_id", "video_uri"], s3_endpoint)
 
     assert manifest["config_hash"] == local_manifest["config_hash"]
     assert {r["sample_id"] for r in rows} == {r["sample_id"] for r in local_rows}
@@ -132,7 +112,7 @@ def test_s3_to_s3_run_matches_local_run(s3, s3_endpoint, small_input, tmp_path):
     assert "0 to process" in proc.stdout and secret not in proc.stdout
     run2 = s3.get_object(Bucket="datasets", Key="qa/latest")["Body"].read().decode().strip()
     assert run2 != run_prefix
-    rows2, manifest2, report2 = _read_s3_run(s3, "datasets", f"qa/{run2}")
+    rows2, manifest2, report2 = read_run(f"s3://datasets/qa/{run2}", ["sample_id", "video_id", "video_uri"], s3_endpoint)
     assert report2["counts"]["videos_processed"] == 0
     assert {v["status"] for v in report2["videos"]} == {"skipped"}
     assert {r["sample_id"] for r in rows2} == {r["sample_id"] for r in rows}
@@ -147,7 +127,7 @@ def test_s3_to_s3_run_matches_local_run(s3, s3_endpoint, small_input, tmp_path):
     proc = run_proxyqa(*args, "--incremental", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:]
     run3 = s3.get_object(Bucket="datasets", Key="qa/latest")["Body"].read().decode().strip()
-    rows3, manifest3, report3 = _read_s3_run(s3, "datasets", f"qa/{run3}")
+    rows3, manifest3, report3 = read_run(f"s3://datasets/qa/{run3}", ["sample_id", "video_id", "video_uri"], s3_endpoint)
     assert report3["counts"]["videos"] == 2 and report3["counts"]["videos_processed"] == 0
     assert {r["sample_id"] for r in rows3} == {r["sample_id"] for r in rows if r["video_uri"] != gone}
     assert_no_duplicates(rows3)
