@@ -41,12 +41,13 @@ def submission_id(job_name: str, prefix: str) -> str:
     """Submission id of one scheduled night, the same for every pod and retry of it.
 
     The CronJob controller names its Jobs `<cronjob>-<scheduled time in minutes since the
-    epoch>`; a Job made by hand (`kubectl create job --from=cronjob/...`) has any other
-    name and is its own run.
+    epoch>` (the CronJob is named like the prefix). A Job made by hand
+    (`kubectl create job --from=cronjob/...`) has another name and is its own run; it keeps
+    the prefix so that nights and manual runs see each other as active.
     """
-    match = re.fullmatch(r".+-(\d{7,})", job_name)
+    match = re.fullmatch(rf"{re.escape(prefix)}-(\d+)", job_name)
     if not match:
-        return job_name
+        return f"{prefix}-{job_name}"
     scheduled = dt.datetime.fromtimestamp(int(match.group(1)) * 60, tz=dt.timezone.utc)
     return f"{prefix}-{scheduled:%Y%m%d-%H%M}"
 
