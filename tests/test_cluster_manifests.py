@@ -150,7 +150,7 @@ BROKEN: list[tuple[str, str, Callable[[Any], None], str]] = [
      ["secretKeyRef"].update(name="proxyqa-token"), "RAY_AUTH_TOKEN from proxyqa-token"),
     ("references", "ServiceAccount only in another file",
      lambda b: b.k8s["kuberay-base.yaml"].__setitem__(slice(None), [
-         d for d in b.k8s["kuberay-base.yaml"] if d["metadata"]["name"] != "proxyqa"]),
+         d for d in b.k8s["kuberay-base.yaml"] if (d["kind"], d["metadata"]["name"]) != ("ServiceAccount", "proxyqa")]),
      "ServiceAccount proxyqa is not defined"),
     ("references", "unknown PVC", lambda b: _group(_rayservice(b)["rayClusterConfig"], "gpu")["template"]
      ["spec"]["volumes"][1]["persistentVolumeClaim"].update(claimName="models"), "PVC models"),
