@@ -519,11 +519,15 @@ def check_images(bundle: Bundle) -> list[str]:
         cuda = None
     else:
         cuda = match.group(1)
-    if re.search(r"^COPY[^\n]*\s\.\s", text, re.M) and text.find("COPY --chown=ray:users . ") < \
-            text.find("pip install --no-cache-dir -r"):
-        problems.append("Dockerfile: the code is copied before the dependency layer")
-    if "-c /tmp/deps/constraints.txt" not in text:
-        problems.append("Dockerfile: dependencies are not installed under constraints.txt")
+    code = re.search(r"^COPY\b[^\n]*\s\.\s+\S+\s*$", text, re.M)          # COPY . /app
+    deps = re.search(r"^RUN pip install[^\n]*-r\s+\S*requirements\.txt[^\n]*$", text, re.M)
+    if not deps:
+        problems.append("Dockerfile: no dependency layer installing requirements.txt")
+    else:
+        if code and code.start() < deps.start():
+            problems.append("Dockerfile: the code is copied before the dependency layer")
+        if not re.search(r"-c\s+\S*constraints\.txt", deps.group(0)):
+            problems.append("Dockerfile: dependencies are not installed under constraints.txt")
     images = set()
     for where, pod in all_pod_specs(bundle):
         images |= {c.get("image") for c in _containers({"spec": pod})}
@@ -556,7 +560,7 @@ def check_sizes(bundle: Bundle) -> list[str]:
             for c in pod.get("containers", []):
                 res = c.get("resources", {})
                 req, lim = res.get("requests", {}), res.get("limits", {})
-                if is_head is False and c is pod["containers"][0] and req != lim:
+                if c is pod["containers"][0] and req != lim:
                     problems.append(f"{at}: requests != limits (Ray sizes itself from limits)")
                 cpu += quantity(req.get("cpu", lim.get("cpu", 0)))
                 mem += quantity(req.get("memory", lim.get("memory", 0)))

@@ -171,6 +171,8 @@ BROKEN: list[tuple[str, str, Callable[[Any], None], str]] = [
     ("images", "code copied before the dependency layer", lambda b: b.texts.update(
         {"Dockerfile": b.texts["Dockerfile"].replace("WORKDIR /app\n", "WORKDIR /app\nCOPY --chown=ray:users . /app\n", 1)}),
      "before the dependency layer"),
+    ("images", "dependencies not locked", lambda b: b.texts.update(
+        {"Dockerfile": b.texts["Dockerfile"].replace(" -c /tmp/deps/constraints.txt", "")}), "constraints.txt"),
     ("images", "rayVersion differs", lambda b: _rayservice(b)["rayClusterConfig"].update(rayVersion="2.59.0"),
      "rayVersion 2.59.0"),
     ("sizes", "a whole c6i.8xlarge", lambda b: _worker(_raycluster(b), "cpu")["resources"].update(
