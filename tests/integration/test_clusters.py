@@ -2,8 +2,10 @@
 the cluster config asks for fit the clusters that are described."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,18 @@ from tests.helpers import REPO
 
 CLUSTERS = REPO / "clusters"
 IMAGE_DIR = "/app"  # where clusters/Dockerfile puts the repo
+
+
+def _load_validate():
+    """clusters/validate.py (clusters/ is not a package of the project)."""
+    spec = importlib.util.spec_from_file_location("clusters_validate", CLUSTERS / "validate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+VALIDATE = _load_validate()
 
 
 def _docs(name: str) -> list[dict]:
@@ -46,31 +60,15 @@ def _check_proxyqa_command(words: list[str]) -> None:
 
 def _entry_point_is_installed() -> None:
     setup = (REPO / "setup.cfg").read_text()
-    assert re.search(r"^\s*proxyqa\s*=\s*pipeline\.cli:main\s*$", setup, re.M)
+    assert re.search(r"^\s*proxyqa\s*=\s*proxyqa\.pipeline\.cli:main\s*$", setup, re.M)
 
 
 def _gpus_needed(config_path: Path) -> tuple[float, float]:
     """(GPUs the pipeline holds at once, most GPUs one actor needs) for a config."""
-    cfg = load_config(config_path)
-    stages = [cfg.decode.resources, cfg.pose.resources, cfg.tasks.resources, cfg.write.resources]
-    if cfg.mllm.enabled and cfg.mllm.mode == "endpoint":
-        stages.append(cfg.mllm.resources)
-    total, largest = 0.0, 0.0
-    for res in stages:
-        if res.num_gpus:
-            assert res.concurrency, "a GPU stage needs a fixed concurrency to be budgeted"
-            total += res.num_gpus * res.concurrency
-            largest = max(largest, res.num_gpus)
-    if cfg.mllm.enabled and cfg.mllm.mode == "engine":
-        # pipeline/llm_engine.py builds one vLLM processor per MLLM task (pose_description
-        # also when synthesized_qa needs its descriptions), each with its own engines.
-        tasks = {t for t in MLLM_TASKS if t in cfg.tasks.enabled}
-        if "synthesized_qa" in tasks:
-            tasks.add("pose_description")
-        eng = cfg.mllm.engine
-        total += len(tasks) * eng.concurrency * eng.tensor_parallel_size
-        largest = max(largest, eng.tensor_parallel_size)
-    return total, largest
+    for res in (lambda c: [c.decode.resources, c.pose.resources, c.tasks.resources,
+                           c.write.resources, c.mllm.resources])(load_config(config_path)):
+        assert not res.num_gpus or res.concurrency, "a GPU stage needs a fixed concurrency"
+    return VALIDATE.pipeline_gpus(load_config(config_path))
 
 
 def _largest_cpu_actor(config_path: Path) -> float:
@@ -86,7 +84,9 @@ def test_every_file_parses():
     files = sorted(CLUSTERS.glob("*.yaml"))
     assert {f.name for f in files} >= {"ray-cluster.aws.yaml", "kuberay-raycluster.yaml",
                                        "kuberay-rayjob.yaml", "nightly-cronjob.yaml",
-                                       "runtime_env.yaml"}
+                                       "runtime_env.yaml", "kuberay-base.yaml",
+                                       "kuberay-rayservice-mllm.yaml", "kuberay-mllm-weights.yaml",
+                                       "serve-mllm.aws.yaml"}
     for f in files:
         assert _docs(f.name), f
 
@@ -99,6 +99,9 @@ def test_cluster_config_is_valid_and_uses_gpus_for_pose():
     assert not unknown, unknown
     assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://")
     assert cfg.s3.key is None and cfg.s3.secret is None, "credentials come from the AWS chain"
+    assert cfg.mllm.enabled and cfg.mllm.mode == "endpoint", "the shared served MLLM"
+    assert cfg.mllm.endpoint.api_key is None
+    assert cfg.mllm.engine.model_source.startswith("/models/hf/"), "engine mode: weights PVC, no Hub"
 
 
 def test_runtime_env_is_accepted_by_ray():
@@ -129,6 +132,10 @@ def test_launcher_yaml_passes_rays_schema_and_fits_the_config():
     assert max(t["resources"]["CPU"] for t in cpu_types.values()) >= _largest_cpu_actor(CLUSTER_CONFIG)
     starts = " ".join(raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2
+    assert all(t["resources"].get("gpu_node") == 1 for t in gpu_types.values())
+    assert all(t["resources"].get("decode_node") == 1 for t in cpu_types.values())
+    head_profile = types[raw["head_node_type"]]["node_config"]["IamInstanceProfile"]["Arn"]
+    assert all(t["node_config"]["IamInstanceProfile"]["Arn"] != head_profile for t in cpu_types.values())
 
 
 def _group_resources(template: dict) -> tuple[float, float]:
@@ -138,10 +145,17 @@ def _group_resources(template: dict) -> tuple[float, float]:
 
 
 def _token_env(container: dict) -> tuple[str, str]:
+    """Secret (name, key) a submitter outside KubeRay reads the Ray token from."""
     env = {e["name"]: e for e in container.get("env", [])}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
     return ref["name"], ref["key"]
+
+
+def _auth_secret(spec: dict) -> tuple[str, str]:
+    """Secret (name, key) KubeRay hands to every Ray container, the autoscaler and its client."""
+    assert spec["authOptions"]["mode"] == "token"
+    return spec["authOptions"]["secretName"], "auth_token"
 
 
 def _image(container: dict) -> str:
@@ -150,16 +164,18 @@ def _image(container: dict) -> str:
 
 def test_kuberay_cluster_fits_the_config_and_uses_one_image_and_token():
     cluster = _one("kuberay-raycluster.yaml", "RayCluster")
-    account = _one("kuberay-raycluster.yaml", "ServiceAccount")
+    accounts = {d["metadata"]["name"] for d in _docs("kuberay-base.yaml") if d["kind"] == "ServiceAccount"}
     spec = cluster["spec"]
     assert spec["rayVersion"] == ray.__version__
+    assert _auth_secret(spec) == ("proxyqa-ray-token", "auth_token")
     head = spec["headGroupSpec"]["template"]
     groups = spec["workerGroupSpecs"]
     containers = [head["spec"]["containers"][0]] + [g["template"]["spec"]["containers"][0] for g in groups]
     assert len({_image(c) for c in containers}) == 1
-    assert len({_token_env(c) for c in containers}) == 1
+    for c in containers:  # authOptions sets them; hand-set values would override the operator's
+        assert not {e["name"] for e in c.get("env", [])} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
     for template in [head] + [g["template"] for g in groups]:
-        assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert template["spec"]["serviceAccountName"] in accounts
     for g in groups:
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     needed, per_actor = _gpus_needed(CLUSTER_CONFIG)
@@ -168,6 +184,12 @@ def test_kuberay_cluster_fits_the_config_and_uses_one_image_and_token():
     assert max(n_gpu for _, _, n_gpu in gpu) >= per_actor
     assert max(cpu for g, cpu, n_gpu in gpu if not n_gpu) >= _largest_cpu_actor(CLUSTER_CONFIG)
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    for g, _, n_gpu in gpu:
+        pod = g["template"]["spec"]
+        assert VALIDATE.custom_resources(g["rayStartParams"]) == {"gpu_node" if n_gpu else "decode_node": 1}
+        if n_gpu:
+            assert pod["nodeSelector"]["node.kubernetes.io/instance-type"] == "g5.2xlarge"
+            assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 
 
 def test_rayjob_runs_the_pipeline_on_the_same_cluster_spec():
@@ -180,9 +202,12 @@ def test_rayjob_runs_the_pipeline_on_the_same_cluster_spec():
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     shared = yaml.safe_load((CLUSTERS / "runtime_env.yaml").read_text())
     assert runtime_env["env_vars"] == shared["env_vars"]
+    assert _auth_secret(job["spec"]["rayClusterSpec"])[0] == "proxyqa-ray-token"
     [submitter] = job["spec"]["submitterPodTemplate"]["spec"]["containers"]
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert _image(submitter) == _image(head) and _token_env(submitter) == _token_env(head)
+    assert _image(submitter) == _image(head)
+    accounts = {d["metadata"]["name"] for d in _docs("kuberay-base.yaml") if d["kind"] == "ServiceAccount"}
+    assert job["spec"]["submitterPodTemplate"]["spec"]["serviceAccountName"] in accounts
     _entry_point_is_installed()
 
 
@@ -193,30 +218,39 @@ def test_nightly_cronjob_submits_an_incremental_run_to_the_cluster():
     assert len(spec["schedule"].split()) == 5 and spec["concurrencyPolicy"] == "Forbid"
     [container] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     cmd = container["command"]
-    assert cmd[:3] == ["ray", "job", "submit"]
+    assert cmd[:2] == ["python", "clusters/nightly_submit.py"] and (REPO / cmd[1]).is_file()
     address = cmd[cmd.index("--address") + 1]
-    assert address == f"http://{cluster['metadata']['name']}-head-svc:8265"
+    meta = cluster["metadata"]
+    assert address == f"http://{meta['name']}-head-svc.{meta['namespace']}.svc:8265"
     assert (REPO / cmd[cmd.index("--runtime-env") + 1]).is_file()
-    assert container["workingDir"] == IMAGE_DIR and cmd[cmd.index("--working-dir") + 1] == "."
+    assert container["workingDir"] == IMAGE_DIR
+    assert yaml.safe_load((CLUSTERS / "runtime_env.yaml").read_text())["working_dir"] == "."
+    assert cmd[cmd.index("--job-name") + 1] == "$(JOB_NAME)"
     entry = cmd[cmd.index("--") + 1:]
     _check_proxyqa_command(entry)
     assert "--incremental" in entry
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert _image(container) == _image(head) and _token_env(container) == _token_env(head)
+    assert _image(container) == _image(head)
+    assert _token_env(container) == _auth_secret(cluster["spec"])
     _entry_point_is_installed()
 
 
 def test_dockerfile_matches_the_ray_version_and_the_images():
     text = (CLUSTERS / "Dockerfile").read_text()
     base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
-    assert base.startswith(f"rayproject/ray:{ray.__version__}-py311")
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(ray.__version__)}-py3\d+-cu\d+", base), base
     assert re.search(rf"^WORKDIR\s+{IMAGE_DIR}\s*$", text, re.M)
+    requirements = (CLUSTERS / "requirements.txt").read_text()
+    assert re.search(rf"^ray\[[^\]]*\bllm\b[^\]]*\]=={re.escape(ray.__version__)}$", requirements, re.M)
+    # dependencies (locked) before the code, so a code edit keeps the dependency layer
+    assert text.index("constraints.txt") < text.index("COPY --chown=ray:users . /app")
     weights = load_config(CLUSTER_CONFIG).pose.ultralytics.model
     assert weights in text, "the pose weights the config names are baked into the image"
     launcher = yaml.safe_load((CLUSTERS / "ray-cluster.aws.yaml").read_text())
     cluster = _one("kuberay-raycluster.yaml", "RayCluster")
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert launcher["docker"]["image"] == _image(head)
+    assert _image(head).rpartition(":")[2].startswith(ray.__version__ + "-cu")
 
 
 @pytest.mark.parametrize("doc", ["clusters/README.md"])
@@ -225,5 +259,6 @@ def test_readme_commands_use_real_files(doc):
     for match in re.finditer(r"proxyqa run [^\n`]*", text):
         words = [w for w in shlex.split(match.group(0).rstrip("\\ ")) if w != "\\"]
         _check_proxyqa_command(words)
-    for path in re.findall(r"clusters/[\w.-]+", text):
-        assert (REPO / path).is_file(), path
+    for path in re.findall(r"clusters/[\w./-]+", text):
+        path = path.rstrip("./")
+        assert (REPO / path).exists(), path
