@@ -19,8 +19,7 @@ What it does, in order:
    dropped rows left out. The staged files are removed only after `latest` moved, so a crash
    before that leaves them for the resumed commit to read again (the rewrite is
    deterministic).
-5. Writes README.md (configs per task and split; an empty shard stands in for a split
-   without rows so that every split loads).
+5. Writes README.md (configs per task with the splits that have rows).
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ from proxyqa.core.balance import plan_drops
 from proxyqa.core.config import Config
 from proxyqa.core.hf import hf_readme
 from proxyqa.core.layout import HF_README, SHARD_GLOB, VIDEOS_DIR, run_key, split_of_name, task_dir
-from proxyqa.core.schema import SAMPLE_SCHEMA, SPLITS
+from proxyqa.core.schema import SPLITS
 from proxyqa.core.storage import fresh, write_bytes_atomic
 from proxyqa.stages.write import digest, parquet_bytes
 
@@ -275,18 +274,11 @@ def finalize_dataset(run, cfg: Config, records: dict[str, dict], own_shards: lis
         out_carried.append({**shard, "split": present[0] if len(present) == 1 else
                             (split_of_name(shard["key"]) or SPLITS[0])})
 
-    # 5. README.md, with an empty file standing in for each split a task has no rows in.
+    # 5. README.md. A split without rows is left out of its task's config (the datasets
+    # library cannot read a Parquet file with no rows), so load_dataset(split=...) of it fails.
     here = run_key(run.run_id)
     listed = [{"path": posixpath.relpath(s["key"], here), "task": s["task"], "split": s["split"]}
               for s in out_own + out_carried]
-    present = {(s["task"], s["split"]) for s in listed}
-    for task in sorted({s["task"] for s in listed}):
-        for split in SPLITS:
-            if (task, split) not in present:
-                rel = posixpath.join(task_dir(task), f"{split}-empty.parquet")
-                write_bytes_atomic(fs, posixpath.join(root, here, rel),
-                                   parquet_bytes(SAMPLE_SCHEMA.empty_table(), compression))
-                listed.append({"path": rel, "task": task, "split": split})
     rows_by_split: Counter = Counter()
     for s in out_own + out_carried:
         rows_by_split[s["split"]] += s["rows"]
@@ -312,6 +304,6 @@ def remove_staged(run, fin: Finalized) -> None:
     for path in fresh(run.fs).glob(posixpath.join(run.path, task_dir("*"), "*.parquet")):
         key = posixpath.relpath(path, run.root)
         name = posixpath.basename(key)
-        if key in keep or name.endswith("-empty.parquet") or name.startswith("carried-"):
+        if key in keep or name.startswith("carried-"):
             continue
         run.fs.rm(path)

@@ -19,7 +19,6 @@ rows count but stay).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -70,26 +69,34 @@ class _Kind:
     """The rows of one answer kind, as counts per (masked question, answer, video)."""
 
     def __init__(self, rows: list[dict]):
-        self.rows = rows
         self.chance = sum(1.0 / len(r["choices"]) for r in rows) / max(len(rows), 1)
-        self.groups: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
-        self.prior: dict[tuple[str, str], int] = defaultdict(int)     # (answer, video) -> rows
+        self.groups: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        self.tot: Counter = Counter()                                  # answer -> rows
+        self.per_video: dict[str, Counter] = defaultdict(Counter)     # video -> answer -> rows
+        guesses: dict[tuple, list[float]] = defaultdict(list)
         for r in rows:
-            self.groups[r["_key"]][(r["answer"], r["video_id"])] += 1
-            self.prior[(r["answer"], r["video_id"])] += 1
-        self.inv_choices = {key: defaultdict(list) for key in self.groups}
-        for r in rows:
-            self.inv_choices[r["_key"]][(r["answer"], r["video_id"])].append(1.0 / len(r["choices"]))
+            cell = (r["answer"], r["video_id"])
+            counts = self.groups[r["_key"]]
+            counts[cell] = counts.get(cell, 0) + 1
+            self.tot[r["answer"]] += 1
+            self.per_video[r["video_id"]][r["answer"]] += 1
+            guesses[(r["_key"], *cell)].append(1.0 / len(r["choices"]))
+        self.guess = {k: sum(v) / len(v) for k, v in guesses.items()}
 
-    def _prior_credit(self, answer: str, video: str) -> float:
-        totals: Counter = Counter()
-        for (a, v), n in self.prior.items():
-            if v != video:
-                totals[a] += n
+    def prior_credit(self, answer: str, video: str, minus: tuple[str, str] | None = None) -> float:
+        """Credit of the task-level fallback: the most common answer in the other videos."""
+        own = self.per_video.get(video, {})
+        totals = {}
+        for a, n in self.tot.items():
+            m = n - own.get(a, 0)
+            if minus is not None and minus[0] == a and minus[1] != video:
+                m -= 1
+            if m > 0:
+                totals[a] = m
         return _mode_credit(totals, answer) or 0.0
 
     def group_credit(self, key: str, counts: dict[tuple[str, str], int] | None = None,
-                     prior_cache: dict | None = None) -> float:
+                     minus: tuple[str, str] | None = None) -> float:
         counts = self.groups[key] if counts is None else counts
         totals: Counter = Counter()
         for (a, _), n in counts.items():
@@ -98,23 +105,18 @@ class _Kind:
         for (a, v), n in counts.items():
             if n <= 0:
                 continue
-            others = {b: totals[b] - counts.get((b, v), 0) for b in totals}
+            others = {b: m - counts.get((b, v), 0) for b, m in totals.items()}
             c = _mode_credit({b: m for b, m in others.items() if m > 0}, a)
             if c is None:   # no other video asks this: the better of two fallbacks
-                if prior_cache is not None and (a, v) in prior_cache:
-                    prior = prior_cache[(a, v)]
-                else:
-                    prior = self._prior_credit(a, v)
-                    if prior_cache is not None:
-                        prior_cache[(a, v)] = prior
-                guesses = self.inv_choices[key].get((a, v)) or [0.0]
-                c = max(prior, sum(guesses) / len(guesses))
+                c = max(self.prior_credit(a, v, minus), self.guess.get((key, a, v), 0.0))
             credit += n * c
         return credit
 
+    def single_video(self, key: str) -> bool:
+        return len({v for (_, v), n in self.groups[key].items() if n > 0}) <= 1
+
     def credit(self) -> float:
-        cache: dict = {}
-        return sum(self.group_credit(k, prior_cache=cache) for k in self.groups)
+        return sum(self.group_credit(k) for k in self.groups)
 
 
 def _with_keys(rows: Iterable[dict]) -> dict[str, list[dict]]:
@@ -152,14 +154,14 @@ def _order(sample_id: str) -> str:
 
 
 def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
-               droppable: Sequence[bool] | None = None, max_rounds: int = 8) -> set[int]:
+               droppable: Sequence[bool] | None = None) -> set[int]:
     """Indices of `rows` to drop so that every answer kind's blind accuracy is at most its
     chance + max_excess, dropping as few rows as the greedy rule finds.
 
     Each step drops the one row whose removal lowers the kind's (credit - target * rows) the
-    most: a row of an over-represented answer in some masked question; rows of one
-    (question, answer, video) are interchangeable, the one with the smallest hash of its
-    sample_id goes first, so the same rows give the same drops.
+    most, exactly (its masked question's credit and the fallback credits of texts only one
+    video asks); rows of one (question, answer, video) are interchangeable, the one with the
+    smallest hash of its sample_id goes first, so the same rows give the same drops.
     """
     drops: set[int] = set()
     for members in _with_keys(rows).values():
@@ -169,67 +171,39 @@ def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
                 pool[(r["_key"], r["answer"], r["video_id"])].append(r["_i"])
         for cands in pool.values():
             cands.sort(key=lambda i: _order(str(rows[i].get("sample_id", i))), reverse=True)
-        alive = list(members)
-        for _ in range(max_rounds):
-            kind = _Kind(alive)
-            target = kind.chance + max_excess
-            excess = kind.credit() - target * len(alive)
-            if excess <= 1e-9:
-                break
-            dropped_now = _greedy(kind, pool, target, excess, drops)
-            if not dropped_now:
-                break
-            alive = [r for r in alive if r["_i"] not in drops]
+        _greedy(_Kind(members), pool, max_excess, len(members), drops)
     return drops
 
 
-def _greedy(kind: _Kind, pool: dict, target: float, excess: float, drops: set[int]) -> int:
-    """Drops rows while the objective (credit - target * rows) stays positive; the prior
-    fallback is held at its value at the start (the caller re-checks and runs again)."""
-    cache: dict = {}
-    credit = {key: kind.group_credit(key, prior_cache=cache) for key in kind.groups}
-
-    def best(key: str) -> tuple[float, tuple | None]:
-        counts = kind.groups[key]
-        answers = Counter()
-        for (a, _), n in counts.items():
-            answers[a] += n
-        top = max(answers.values()) if answers else 0
-        best_gain, best_cell = -1.0, None
-        for (a, v), n in sorted(counts.items()):
-            if n <= 0 or answers[a] < top - 1 or not pool.get((key, a, v)):
-                continue
-            trial = dict(counts)
-            trial[(a, v)] = n - 1
-            gain = credit[key] - kind.group_credit(key, trial, cache) - target
-            if gain > best_gain + 1e-12:
-                best_gain, best_cell = gain, (a, v)
-        return best_gain, best_cell
-
-    heap = []
-    for key in kind.groups:
-        gain, cell = best(key)
-        if cell is not None and gain > 0:
-            heapq.heappush(heap, (-gain, key, cell))
-    dropped = 0
-    while heap and excess > 1e-9:
-        neg, key, cell = heapq.heappop(heap)
-        gain, now = best(key)                   # recheck: the group may have changed
-        if now is None or gain <= 0:
-            continue
-        if abs(gain + neg) > 1e-9 or now != cell:
-            heapq.heappush(heap, (-gain, key, now))
-            continue
-        a, v = cell
-        i = pool[(key, a, v)].pop()
-        drops.add(i)
-        kind.groups[key][cell] -= 1
-        kind.prior[cell] -= 1
-        new_credit = kind.group_credit(key, prior_cache=cache)
-        excess -= credit[key] - new_credit - target
-        credit[key] = new_credit
-        dropped += 1
-        gain, cell = best(key)
-        if cell is not None and gain > 0:
-            heapq.heappush(heap, (-gain, key, cell))
-    return dropped
+def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[int]) -> None:
+    target = kind.chance + max_excess
+    credit = {key: kind.group_credit(key) for key in kind.groups}
+    fallback = {key for key in kind.groups if kind.single_video(key)}
+    excess = sum(credit.values()) - target * n_rows
+    while excess > 1e-9:
+        best_gain, best = 0.0, None
+        for key, counts in kind.groups.items():
+            for (a, v), n in sorted(counts.items()):
+                if n <= 0 or not pool.get((key, a, v)):
+                    continue
+                trial = dict(counts)
+                trial[(a, v)] = n - 1
+                delta = credit[key] - kind.group_credit(key, trial, minus=(a, v))
+                for other in fallback - {key}:
+                    delta += credit[other] - kind.group_credit(other, minus=(a, v))
+                gain = delta - target
+                if gain > best_gain + 1e-12:
+                    best_gain, best = gain, (key, a, v)
+        if best is None:
+            return            # only non-droppable rows left to drop: the target is not met
+        key, a, v = best
+        drops.add(pool[best].pop())
+        kind.groups[key][(a, v)] -= 1
+        kind.tot[a] -= 1
+        kind.per_video[v][a] -= 1
+        if kind.single_video(key):
+            fallback.add(key)
+        for k in {key} | fallback:
+            credit[k] = kind.group_credit(k)
+        n_rows -= 1
+        excess = sum(credit.values()) - target * n_rows
