@@ -12,8 +12,8 @@ import numpy as np
 
 from proxyqa.core.config import BodyPartStateConfig, SpatialGroundingConfig
 from proxyqa.core.people import Subject, people_counts, subject_of  # noqa: F401 - tasks_motion
-from proxyqa.stages import posecodes as pc
 from proxyqa.core.schema import COCO17
+from proxyqa.stages import posecodes as pc
 from proxyqa.stages import templates
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id, union_box
 

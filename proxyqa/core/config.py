@@ -338,7 +338,7 @@ class SplitConfig(Strict):
     )
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitConfig":
+    def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split fractions must sum to 1 (train + validation + test = {total})")
