@@ -18,10 +18,10 @@ Incremental semantics (`proxyqa run --incremental`):
 - Everything else is processed: new videos, changed files (a new video_id; the old id is
   no longer listed, so its rows leave the dataset), videos done under another config.
 - The run's manifest lists the full current dataset: its own shards plus the carried
-  videos' shards of earlier runs (paths `../<run_id>/task=.../part-*.parquet`, relative to
+  videos' shards of earlier runs (paths `../<run_id>/data/<task>/<split>-*.parquet`, relative to
   the run folder). A carried shard that also holds rows of videos that are not carried is
   not listed; a filtered copy with only the carried rows is written into this run instead
-  (`task=<t>/carried-<digest>.parquet`), so every listed file is read whole.
+  (`data/<t>/carried-<digest>.parquet`), so every listed file is read whole.
 - Carried rows are not rewritten: their `run_id` column names the run that generated them.
   The manifest's `depends_on_runs` lists the earlier runs whose folders it reads; keep
   those when deleting old runs.
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir
+from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir, task_of_key
 from proxyqa.core.storage import fresh, write_bytes_atomic
 from proxyqa.stages.write import digest, parquet_bytes
 
@@ -75,12 +75,12 @@ def snapshot_key(run_id: str) -> str:
 
 
 def shard_run_id(key: str) -> str:
-    """'runs/<run_id>/task=x/part-1.parquet' -> '<run_id>'."""
+    """'runs/<run_id>/data/x/part-1.parquet' -> '<run_id>'."""
     return key.split("/")[1]
 
 
 def shard_task(key: str) -> str:
-    return posixpath.basename(posixpath.dirname(key)).split("=", 1)[1]
+    return task_of_key(key)
 
 
 def write_snapshot(fs, root: str, run_id: str, entries: Iterable[dict]) -> str:

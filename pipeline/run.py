@@ -1,6 +1,6 @@
 """A run's life on storage: pick or resume a run id, plan the work, then commit atomically.
 
-Layout (proxyqa/core/layout.py, docs/schema.md): OUT/runs/<run_id>/{task=<task>/part-*.parquet, report.json,
+Layout (proxyqa/core/layout.py, docs/schema.md): OUT/runs/<run_id>/{data/<task>/<split>-*.parquet, README.md, report.json,
 manifest.json}, OUT/ledger/<run_id>.parquet, OUT/latest. A run folder without
 manifest.json is incomplete: readers ignore it and the next run with the same config_hash
 resumes it (videos with a record in `_videos/` are not processed again).
@@ -29,6 +29,7 @@ from proxyqa.core.errors import one_line
 from proxyqa.core.layout import LATEST, MANIFEST, REPORT, RUN_META, RUNS_DIR, SHARD_GLOB, VIDEOS_DIR, task_dir
 from proxyqa.core.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
 from proxyqa.core.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
+from proxyqa.pipeline.dataset import finalize_dataset, remove_staged
 from proxyqa.pipeline.ledger import (
     Base,
     carry_shards,
@@ -247,6 +248,10 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
     drop = {vid for vid, e in carried.items() if e["content_id"] in own_content}
     carried_shards, carried = (carry_shards(run.fs, run.root, run.run_id, plan.base, carried, drop,
                                             compression) if carried else ([], {}))
+    # Dataset-level step (pipeline/dataset.py): splits, dedup, balancing, per-split shards, README.md.
+    fin = finalize_dataset(run, cfg, records, own_shards, carried_shards, carried)
+    own_shards, carried_shards, own_rows, own_shard_keys = (
+        fin.own_shards, fin.carried_shards, fin.rows_of, fin.shards_of)
 
     videos, entries = [], []
     for item in listed:
@@ -296,6 +301,7 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "task_errors_by_kind": dict(sorted(Counter(
             f"{e['task']}: {e['kind']}" for v in videos
             for e in v.get("errors") or []).items())),
+        **fin.counts,   # rows_by_split, balanced_away, duplicates_dropped, content groups
     }
     report = {"run_id": run.run_id, "videos": videos, "counts": counts}
     write_bytes_atomic(run.fs, run.p(REPORT), json.dumps(report, indent=1).encode())
@@ -315,9 +321,10 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "versions": _versions(),
         "counts": counts,
         # Paths are relative to this run's folder; carried shards of earlier runs read
-        # '../<run_id>/task=...'. Every listed file is part of the dataset, whole.
+        # '../<run_id>/data/...'. Every listed file is part of the dataset, whole.
         "shards": [{"path": posixpath.relpath(s["key"], here), "task": s["task"],
-                    "rows": s["rows"], "bytes": s["bytes"], "run_id": shard_run_id(s["key"])}
+                    "rows": s["rows"], "bytes": s["bytes"], "run_id": shard_run_id(s["key"]),
+                    "split": s.get("split")}
                    for s in shards],
         "depends_on_runs": sorted({shard_run_id(s["key"]) for s in shards} - {run.run_id}),
         "ledger": ledger_key,
@@ -326,6 +333,7 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
     # manifest.json last: its presence is what makes the run complete.
     write_bytes_atomic(run.fs, run.p(MANIFEST), json.dumps(manifest, indent=1).encode())
     write_bytes_atomic(run.fs, posixpath.join(run.root, LATEST), f"{RUNS_DIR}/{run.run_id}\n".encode())
+    remove_staged(run, fin)
     return manifest
 
 

@@ -94,6 +94,17 @@ def resized_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+def frame_dhash(rgb: np.ndarray) -> int:
+    """64-bit difference hash of a frame (9x8 grey, each bit: is a pixel brighter than its
+    right neighbour), as a signed int64. Re-encoding, resizing and small shifts change few
+    bits, so near-duplicate videos share close hashes (pipeline/dataset.py groups them)."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -188,6 +199,7 @@ class DecodeStage(RowStage):
             num_frames_total=int(n_frames), frame_indices=[int(i) for i in idx],
             timestamps=[float(t) for t in times],
             frames_jpeg=[encode_jpeg(f, self.cfg.jpeg_quality) for f in frames],
+            frame_hashes=[frame_dhash(f) for f in frames],
         )
         if n_frames < 2:
             add_error(row, "temporal", "single_frame", "the video has one frame: no temporal task")

@@ -11,7 +11,13 @@ import numpy as np
 
 from proxyqa import __version__
 from proxyqa.core.people import Subject
-from proxyqa.core.schema import COORD_CONVENTION, SCHEMA_VERSION, TASK_FAMILY, empty_sample
+from proxyqa.core.schema import (
+    COORD_CONVENTION,
+    DIFFICULTY_FIELDS,
+    SCHEMA_VERSION,
+    TASK_FAMILY,
+    empty_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,12 @@ def make_sample(
     images: list[bytes] | None = None,
     subject_box: list[float] | None = None,
     keypoints: list | None = None,
+    template_id: str | None = None,
+    difficulty: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """One QA row. `positions` index the video row's sampled frames, in shown order."""
+    """One QA row. `positions` index the video row's sampled frames, in shown order.
+    `split` and `content_group` are set at commit (pipeline/dataset.py): they depend on
+    the other videos of the dataset."""
     sample = empty_sample()
     subject = Subject.from_json(row["subject_json"]) if row.get("subject_json") else None
     if keypoints is None and subject is not None:
@@ -90,5 +100,17 @@ def make_sample(
         pipeline_version=__version__,
         config_hash=ctx.config_hash,
         run_id=ctx.run_id,
+        template_id=template_id,
+        difficulty=_difficulty(difficulty),
     )
     return sample
+
+
+def _difficulty(values: dict[str, float | None] | None) -> dict[str, float | None] | None:
+    if not values:
+        return None
+    unknown = set(values) - set(DIFFICULTY_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown difficulty fields {sorted(unknown)}")
+    return {k: (None if values.get(k) is None else round(float(values[k]), 4))
+            for k in DIFFICULTY_FIELDS}

@@ -5,7 +5,8 @@ from typing import Optional
 
 from proxyqa.core.config import MotionCompareConfig
 from proxyqa.stages import posecodes as pc
-from proxyqa.stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.stages import templates
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
 from proxyqa.stages.tasks_spatial import box_note, part_words, side_note, subject_of, subject_phrase
 
 MAX_PAIRS = 64   # frame pairs examined per video at most
@@ -36,7 +37,7 @@ def _intro(who: tuple[str, bool]) -> str:
 
 
 def _most_moved(motion: dict, rules: pc.Rules, cfg: MotionCompareConfig, rng,
-                who: tuple[str, bool]):
+                who: tuple[str, bool], sid_for):
     top = pc.most_moved(motion, rules)
     if top is None:
         return None
@@ -44,14 +45,18 @@ def _most_moved(motion: dict, rules: pc.Rules, cfg: MotionCompareConfig, rng,
     n_other = min(cfg.max_choices - 1, len(others))
     parts = [top] + [others[i] for i in sorted(rng.choice(len(others), n_other, replace=False))]
     parts = [parts[i] for i in rng.permutation(len(parts))]
-    question = (f"{_intro(who)} Relative to the person's hips, which of these body parts moved "
-                "the most from Image 1 to Image 2? Left and right mean the person's own left "
-                "and right, not the viewer's. Answer with the option's text.")
-    return (f"most_moved:{top}", question, [part_words(p) for p in parts], part_words(top),
-            {"most_moved": top, "index": parts.index(top)})
+    key = f"most_moved:{top}"
+    template_id, template = templates.pick("motion_compare", "most_moved", sid_for(key))
+    question = (template.format(intro=_intro(who)) + " Left and right mean the person's own "
+                "left and right, not the viewer's. Answer with the option's text.")
+    ranked = sorted((m.amount for m in motion.values()), reverse=True)
+    margin = ranked[0] - ranked[1] - rules.most_moved_margin
+    return (key, question, [part_words(p) for p in parts], part_words(top),
+            {"most_moved": top, "index": parts.index(top)}, template_id, margin)
 
 
-def _direction(kind: str, motion: dict, rng, who: tuple[str, bool], asked: set[str]):
+def _direction(kind: str, motion: dict, rng, who: tuple[str, bool], asked: set[str], sid_for,
+               rules: pc.Rules):
     attr, choices = AXES[kind]
     parts = [p for p, m in motion.items() if getattr(m, attr) is not None]
     if not parts:
@@ -60,15 +65,16 @@ def _direction(kind: str, motion: dict, rng, who: tuple[str, bool], asked: set[s
     parts = fresh or parts
     part = parts[int(rng.integers(len(parts)))]
     direction = getattr(motion[part], attr)
-    if kind == "up_down":
-        ask = "move up or down in the image (and relative to the hips)"
-    else:
-        ask = ("move toward the left or the right side of the image (the viewer's left/right, "
-               "also relative to the hips)")
-    question = (f"{_intro(who)} From Image 1 to Image 2, did the person's {part_words(part)} "
-                f"{ask}?{side_note(part)} Answer with one word: {choices[0]} or {choices[1]}.")
-    return (f"{kind}:{part}", question, choices, direction,
-            {"part": part, "direction": direction, "index": choices.index(direction)})
+    key = f"{kind}:{part}"
+    template_id, template = templates.pick("motion_compare", kind, sid_for(key))
+    question = (template.format(intro=_intro(who), part=part_words(part))
+                + f"{side_note(part)} Answer with one word: {choices[0]} or {choices[1]}.")
+    m = motion[part]
+    rel, absolute = (m.rel_dy, m.dy) if kind == "up_down" else (m.rel_dx, m.dx)
+    margin = min(abs(rel), abs(absolute)) - rules.direction_margin
+    return (key, question, choices, direction,
+            {"part": part, "direction": direction, "index": choices.index(direction)},
+            template_id, margin)
 
 
 def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
@@ -96,19 +102,24 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
         # Rotate the preferred question kind so a video's questions are mixed.
         start = first_kind + len(samples)
         built = None
+
+        def sid_for(key: str, a: int = a, b: int = b) -> str:
+            return sample_id(row, "motion_compare", f"{a},{b}:{key}", ctx)
+
         for j in range(len(cfg.kinds)):
             kind = cfg.kinds[(start + j) % len(cfg.kinds)]
-            built = (_most_moved(motion, rules, cfg, rng, who) if kind == "most_moved"
-                     else _direction(kind, motion, rng, who, asked))
+            built = (_most_moved(motion, rules, cfg, rng, who, sid_for) if kind == "most_moved"
+                     else _direction(kind, motion, rng, who, asked, sid_for, rules))
             if built is not None:
                 break
         if built is None:
             continue
-        key, question, choices, answer, struct = built
+        key, question, choices, answer, struct, template_id, margin = built
         asked.add(key)
         samples.append(make_sample(
             row, "motion_compare", ctx, key=f"{a},{b}:{key}", positions=[a, b],
             question=question, choices=choices, answer=answer, answer_struct=struct,
-            answer_source="geometry",
+            answer_source="geometry", template_id=template_id,
+            difficulty={"time_gap_s": ts[b] - ts[a], "margin": margin, "motion": moved},
         ))
     return samples

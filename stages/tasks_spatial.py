@@ -12,8 +12,10 @@ import numpy as np
 
 from proxyqa.core.config import BodyPartStateConfig, SpatialGroundingConfig
 from proxyqa.core.people import Subject, people_counts, subject_of  # noqa: F401 - tasks_motion
+from proxyqa.core.schema import COCO17
 from proxyqa.stages import posecodes as pc
-from proxyqa.stages.sampling import RunContext, make_sample, rng_for, union_box
+from proxyqa.stages import templates
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id, union_box
 
 Candidate = tuple[int, str, dict[str, Any]]   # (frame position, diversity key, payload)
 
@@ -115,23 +117,50 @@ def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
         who, named = subject_phrase(row, subject, [pos], cfg.coord_format)
         conv = coord_words(cfg.coord_format)
         where = "the box and your answer" if named else "your answer"
-        if "point" in struct:
-            values = struct["point"]
-            ask = (f"Where is the {part_words(part)} of {who}? Answer with its point [x, y].")
-        else:
-            values = struct["box"]
-            joints = ", ".join(part_words(j).split(" ", 1)[1] for j in pc.LIMBS[part])
-            ask = (f"Where is the {part_words(part)} ({joints}) of {who}? Answer with its "
-                   "bounding box [x1, y1, x2, y2].")
-        ask += f" Coordinates in {where} are {conv}."
         key = "point" if "point" in struct else "box"
+        template_id, template = templates.pick(
+            "spatial_grounding", key, sample_id(row, "spatial_grounding", f"{pos}:{part}", ctx))
+        values = struct[key]
+        joints = (", ".join(part_words(j).split(" ", 1)[1] for j in pc.LIMBS[part])
+                  if key == "box" else "")
+        ask = template.format(part=part_words(part), who=who, joints=joints)
+        ask += f" Coordinates in {where} are {conv}."
         struct = {"part": part, key: [round(v, 5) for v in values]}
+        joint_names = pc.LIMBS[part] if key == "box" else (part,)
         samples.append(make_sample(
             row, "spatial_grounding", ctx, key=f"{pos}:{part}", positions=[pos],
             question=ask + side_note(part), answer=fmt_coords(struct[key], cfg.coord_format),
-            answer_struct=struct, answer_source="geometry",
+            answer_struct=struct, answer_source="geometry", template_id=template_id,
+            difficulty={"margin": side_margin(subject.keypoints[pos], w, h, joint_names,
+                                              min_score, cfg.min_side_separation)},
         ))
     return samples
+
+
+def _twin(joint: str) -> str | None:
+    for a, b in (("left_", "right_"), ("right_", "left_")):
+        if joint.startswith(a):
+            return b + joint[len(a):]
+    return None
+
+
+def side_margin(kps, w: int, h: int, joints: Sequence[str], min_score: float,
+                min_separation: float) -> float | None:
+    """Difficulty of a grounding row: how far (body-size units) beyond min_side_separation
+    its joints lie from their other-side twins (the smallest over the joints); None for a
+    joint without a side (nose)."""
+    scale = pc.body_scale(kps, w, h, min_score)
+    if scale is None:
+        return None
+    px = pc.to_pixels(kps, w, h)
+    seps = []
+    for joint in joints:
+        twin = _twin(joint)
+        if twin is None:
+            continue
+        a, b = px[COCO17.index(joint), :2], px[COCO17.index(twin), :2]
+        seps.append(float(np.linalg.norm(a - b)) / scale - min_separation)
+    return min(seps) if seps else None
 
 
 # --- body_part_state ----------------------------------------------------------------------
@@ -167,12 +196,36 @@ def body_part_state(row: dict, cfg: BodyPartStateConfig, ctx: RunContext,
         index = choices.index(c["state"])
         who, named = subject_phrase(row, subject, [pos], "0_1000")
         part = c["part"]
-        question = (f"Which option best describes the {part_words(part)} of {who}?"
-                    f"{box_note(named)}{side_note(part)} Answer with the option's text.")
+        template_id, template = templates.pick(
+            "body_part_state", "state", sample_id(row, "body_part_state", f"{pos}:{part}", ctx))
+        question = (template.format(part=part_words(part), who=who)
+                    + f"{box_note(named)}{side_note(part)} Answer with the option's text.")
         samples.append(make_sample(
             row, "body_part_state", ctx, key=f"{pos}:{part}", positions=[pos],
             question=question, choices=choices, answer=c["state"],
             answer_struct={"part": part, "state": c["state"], "index": index},
-            answer_source="geometry",
+            answer_source="geometry", template_id=template_id,
+            difficulty={"margin": state_margin(subject.keypoints[pos], w, h, min_score, rules,
+                                               part, c["state"], c["wrong"])},
         ))
     return samples
+
+
+EXTRA_MARGINS = (5.0, 10.0, 15.0, 20.0, 30.0, 45.0)   # degrees beyond the rule's margin
+
+
+def state_margin(kps, w: int, h: int, min_score: float, rules: pc.Rules, part: str,
+                 state: str, wrong: Sequence[str]) -> float:
+    """Difficulty of a body_part_state row: the largest extra margin (degrees added to the
+    angle margin; position margins grow alike, 10 degrees ~ 0.1 body-size units) under which
+    the same state is still the only true one and the same options definitely false: 0 =
+    just past the rule, 45 = far from every threshold."""
+    best = 0.0
+    for extra in EXTRA_MARGINS:
+        stricter = pc.Rules(angle_margin=rules.angle_margin + extra,
+                            position_margin=rules.position_margin + extra / 100.0)
+        truths = pc.state_truths(kps, w, h, min_score, stricter)[part]
+        if truths.get(state) is not True or any(truths.get(s) is not False for s in wrong):
+            break
+        best = extra
+    return best

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from proxyqa.core.config import TemporalDirectionConfig, TemporalOrderConfig
-from proxyqa.stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.stages import templates
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
 
 # Optional pose guard: (row, pos_a, pos_b) -> subject motion in body-size units, or None.
 PoseMotion = Callable[[dict, int, int], Optional[float]]
@@ -50,8 +51,10 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
             continue
         used.add(tuple(chosen))
         pairs = list(zip(chosen, chosen[1:]))
-        if min(frame_diff(thumbs, a, b) for a, b in pairs) < cfg.min_frame_diff:
+        diff = min(frame_diff(thumbs, a, b) for a, b in pairs)
+        if diff < cfg.min_frame_diff:
             continue
+        motions: list = []
         if pose_motion is not None:
             motions = [pose_motion(row, a, b) for a, b in pairs]
             if any(m is None or m < cfg.min_pose_motion for m in motions):
@@ -62,15 +65,17 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
         shown = [chosen[p] for p in perm]
         # order[j] = the shown position of the j-th frame in time.
         order = sorted(range(k), key=lambda pos: row["timestamps"][shown[pos]])
-        question = (
-            f"The {k} images are frames from one video, shown in random order as Image 1 to "
-            f"Image {k}. Put them in the order they happened. Answer with the image numbers "
-            "in chronological order, separated by commas."
-        )
+        key = ",".join(map(str, shown))
+        template_id, template = templates.pick(
+            "temporal_order", "order", sample_id(row, "temporal_order", key, ctx))
+        ts = row["timestamps"]
         samples.append(make_sample(
-            row, "temporal_order", ctx, key=",".join(map(str, shown)), positions=shown,
-            question=question, answer=", ".join(str(o + 1) for o in order),
+            row, "temporal_order", ctx, key=key, positions=shown,
+            question=template.format(k=k), answer=", ".join(str(o + 1) for o in order),
             answer_struct={"order": order}, answer_source="construction",
+            template_id=template_id,
+            difficulty={"time_gap_s": min(ts[b] - ts[a] for a, b in pairs), "frame_diff": diff,
+                        "motion": min(motions) if motions else None},
         ))
     return samples
 
@@ -90,21 +95,23 @@ def temporal_direction(row: dict, cfg: TemporalDirectionConfig, ctx: RunContext,
         window = list(range(start, start + k))
         if not _distinct_in_time(row, window):
             continue
-        if frame_diff(thumbs, window[0], window[-1]) < cfg.min_frame_diff:
+        diff = frame_diff(thumbs, window[0], window[-1])
+        if diff < cfg.min_frame_diff:
             continue
         # Alternate from a random first choice, so each video's clips are balanced.
         is_reversed = first_reversed ^ bool(len(samples) % 2)
         shown = window[::-1] if is_reversed else window
         choices = ["forward", "reverse"]
         answer = choices[int(is_reversed)]
-        question = (
-            f"These {k} frames are shown one after another as a short clip. "
-            "Is the clip playing forward or in reverse?"
-        )
+        key = f"{start}:{int(is_reversed)}"
+        template_id, template = templates.pick(
+            "temporal_direction", "clip", sample_id(row, "temporal_direction", key, ctx))
+        ts = row["timestamps"]
         samples.append(make_sample(
-            row, "temporal_direction", ctx, key=f"{start}:{int(is_reversed)}", positions=shown,
-            question=question, choices=choices, answer=answer,
+            row, "temporal_direction", ctx, key=key, positions=shown,
+            question=template.format(k=k), choices=choices, answer=answer,
             answer_struct={"reversed": is_reversed, "index": int(is_reversed)},
-            answer_source="construction",
+            answer_source="construction", template_id=template_id,
+            difficulty={"time_gap_s": ts[window[-1]] - ts[window[0]], "frame_diff": diff},
         ))
     return samples

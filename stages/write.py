@@ -91,4 +91,5 @@ class ShardWriterStage:
             "shards": shards,
             "run_id": self.run_id,
             "config_hash": self.config_hash,
+            "frame_hashes": row.get("frame_hashes"),   # near-duplicate grouping at commit
         }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
 class Strict(BaseModel):
@@ -307,6 +307,44 @@ class WriteConfig(Strict):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
 
 
+class BalanceConfig(Strict):
+    enabled: bool = Field(
+        True,
+        description="Drop the fewest rows so that a blind, text-only baseline scores at most "
+        "chance + max_excess on every multiple-choice task (docs/dataset.md#balancing). Runs at "
+        "commit over all rows (carried ones count); dropped rows are counted in report.json.",
+    )
+    max_excess: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Blind-baseline accuracy allowed above chance, per task and per two-choice "
+        "kind (e.g. up/down).",
+    )
+
+
+class SplitConfig(Strict):
+    train: float = Field(0.9, ge=0.0, le=1.0, description="Share of near-duplicate groups in train.")
+    validation: float = Field(0.05, ge=0.0, le=1.0, description="Share in validation.")
+    test: float = Field(0.05, ge=0.0, le=1.0, description="Share in test.")
+    seed: int = Field(0, description="Seed of the group -> split assignment.")
+    max_hamming: int = Field(
+        10, ge=0, le=32,
+        description="Two sampled frames match when their 64-bit difference hashes differ in at "
+        "most this many bits.",
+    )
+    min_matched: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Two videos are near-duplicates (same group, same split) when this share of "
+        "one's sampled frames match frames of the other (re-encoded, resized or trimmed copies).",
+    )
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1 (train + validation + test = {total})")
+        return self
+
+
 class RayConfig(Strict):
     address: Optional[str] = Field(
         None, description="Ray address; null = RAY_ADDRESS if set, else a local ray.init()."
@@ -338,6 +376,8 @@ class Config(Strict):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     mllm: MLLMConfig = Field(default_factory=MLLMConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
 

@@ -3,7 +3,9 @@
     OUT/latest                          "runs/<run_id>": the newest committed run
     OUT/ledger/                         which video produced which rows (incremental runs)
     OUT/runs/<run_id>/_run.json         the run's identity (config hash, start time)
-    OUT/runs/<run_id>/task=<task>/      Parquet shards of one task
+    OUT/runs/<run_id>/data/<task>/      Parquet shards of one task: <split>-<digest>.parquet
+                                        (staged as part-<digest>.parquet until the commit)
+    OUT/runs/<run_id>/README.md         Hugging Face dataset card: one config per task, its splits
     OUT/runs/<run_id>/_videos/          one record per input video (status, reason, counts)
     OUT/runs/<run_id>/report.json       counts and failures by reason
     OUT/runs/<run_id>/manifest.json     written last: its presence means the run is complete
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import posixpath
+
+from proxyqa.core.schema import SPLITS
 
 LATEST = "latest"
 LEDGER_DIR = "ledger"
@@ -27,5 +31,22 @@ def run_key(run_id: str, *parts: str) -> str:
     return posixpath.join(RUNS_DIR, run_id, *parts)
 
 
+DATA_DIR = "data"
+HF_README = "README.md"
+
+
 def task_dir(task: str) -> str:
-    return f"task={task}"
+    """A task's shard folder, relative to the run. Not `key=value`: a hive-style name would
+    add a partition column that conflicts with the rows' own `task` column."""
+    return posixpath.join(DATA_DIR, task)
+
+
+def task_of_key(key: str) -> str:
+    """The task of a shard key/path '.../data/<task>/<file>.parquet'."""
+    return posixpath.basename(posixpath.dirname(key))
+
+
+def split_of_name(name: str) -> str | None:
+    """'train-<digest>.parquet' -> 'train'; staged or carried names -> None."""
+    head = posixpath.basename(name).split("-", 1)[0]
+    return head if head in SPLITS else None

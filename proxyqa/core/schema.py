@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"   # 2.0: template_id, difficulty, split, content_group; data/<task>/ layout
 
 # Coordinates in answer_struct, subject_box and keypoints: fractions of the original frame.
 COORD_CONVENTION = "normalized_0_1"
@@ -30,6 +30,18 @@ MLLM_TASKS = ("pose_description", "pose_difference", "synthesized_qa")
 
 KEYPOINTS_TYPE = pa.list_(pa.list_(pa.list_(pa.float32())))
 
+# How hard a row is (docs/dataset.md#difficulty); a field is null where the task has no such figure.
+DIFFICULTY_TYPE = pa.struct([
+    ("time_gap_s", pa.float64()),    # temporal_order: smallest gap between frames adjacent in time;
+                                     # temporal_direction: the clip's span; motion_compare: the two frames' gap
+    ("frame_diff", pa.float64()),    # grey-level difference (0-255): temporal_order smallest adjacent,
+                                     # temporal_direction first vs last frame
+    ("margin", pa.float64()),        # geometry: how far the deciding value clears its threshold
+    ("motion", pa.float64()),        # subject motion in body-size units
+])
+DIFFICULTY_FIELDS = tuple(f.name for f in DIFFICULTY_TYPE)
+SPLITS = ("train", "validation", "test")
+
 # One QA sample: the Parquet columns of docs/schema.md plus a few that make rows self-describing.
 SAMPLE_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -52,6 +64,10 @@ SAMPLE_SCHEMA = pa.schema([
     ("verified", pa.bool_()),
     ("verify_reasons", pa.string()),         # JSON text, null when nothing was checked
     ("generator", pa.string()),              # JSON text: model, prompt version, sampling, tokens
+    ("template_id", pa.string()),            # "<task>/<n>": the question template (stages/templates.py)
+    ("difficulty", DIFFICULTY_TYPE),
+    ("split", pa.string()),                  # train | validation | test, per group of near-duplicate videos
+    ("content_group", pa.string()),          # the near-duplicate group of the video
     ("schema_version", pa.string()),
     ("pipeline_version", pa.string()),
     ("config_hash", pa.string()),
@@ -78,6 +94,7 @@ VIDEO_COLUMN_TYPES: dict[str, pa.DataType] = {
     "frame_indices": pa.list_(pa.int64()),
     "timestamps": pa.list_(pa.float64()),
     "frames_jpeg": pa.list_(pa.binary()),
+    "frame_hashes": pa.list_(pa.int64()),    # 64-bit difference hash per sampled frame (near-duplicates)
     "persons_json": pa.string(),             # per sampled frame: detected people (pose stage)
     "subject_json": pa.string(),             # per sampled frame: the subject's box/keypoints
     "subject_crops_jpeg": pa.list_(pa.binary()),
@@ -98,6 +115,7 @@ VIDEO_RECORD_SCHEMA = pa.schema([
     ("shards", pa.list_(pa.string())),
     ("run_id", pa.string()),
     ("config_hash", pa.string()),
+    ("frame_hashes", pa.list_(pa.int64())),  # perceptual hashes of the sampled frames (splits)
 ])
 
 

@@ -14,9 +14,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from proxyqa.core.balance import blind_baseline
 from proxyqa.core.config import S3Config
 from proxyqa.core.layout import MANIFEST, REPORT
-from proxyqa.core.schema import COCO17, TASK_FAMILY
+from proxyqa.core.schema import COCO17, DIFFICULTY_FIELDS, SPLITS, TASK_FAMILY
 from proxyqa.core.storage import ensure_dir, get_fs, join, write_bytes_atomic
 from proxyqa.trainer.reader import RunError, iter_rows, load_json, resolve_run
 
@@ -122,6 +123,68 @@ def run_stats(run_uri: str, s3: S3Config | None = None) -> dict[str, Any]:
             "verified_by_task": {t: dict(verified[t]) for t in sorted(verified)},
             "sources_by_task": {t: dict(sources[t]) for t in sorted(sources)},
             "videos_by_task": {t: len(v) for t, v in sorted(videos.items())}}
+
+
+DATASET_COLUMNS = ["task", "video_id", "question", "answer", "choices", "template_id", "split",
+                   "difficulty"]
+
+
+def dataset_stats(run_uri: str, s3: S3Config | None = None) -> dict[str, Any]:
+    """Per task: answer distribution, blind baseline vs chance, templates, split sizes,
+    difficulty values (docs/dataset.md)."""
+    rows = list(iter_rows(run_uri, columns=DATASET_COLUMNS, s3=s3))
+    blind = blind_baseline(rows)
+    out: dict[str, Any] = {}
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        diff: dict[str, list[float]] = defaultdict(list)
+        for r in mine:
+            for k, v in (r.get("difficulty") or {}).items():
+                if v is not None:
+                    diff[k].append(v)
+        out[task] = {
+            "rows": len(mine),
+            "answers": Counter(r["answer"] for r in mine) if mine[0].get("choices") else None,
+            "blind": {k: vars(b) for k, b in blind.items() if k.split(":")[0] == task},
+            "templates": Counter(r.get("template_id") or "-" for r in mine),
+            "splits": Counter(r.get("split") or "-" for r in mine),
+            "difficulty": {k: diff[k] for k in DIFFICULTY_FIELDS if diff.get(k)},
+        }
+    return out
+
+
+def _histogram(values: list[float], bins: int = 6) -> str:
+    """A one-line text histogram: '[lo, hi) count' per equal-width bin."""
+    lo, hi = min(values), max(values)
+    if hi <= lo:
+        return f"all {len(values)} = {lo:g}"
+    width = (hi - lo) / bins
+    counts = Counter(min(int((v - lo) / width), bins - 1) for v in values)
+    return "; ".join(f"{lo + i * width:.3g}-{lo + (i + 1) * width:.3g}: {counts.get(i, 0)}"
+                     for i in range(bins))
+
+
+def dataset_section(stats: dict[str, Any]) -> list[str]:
+    md = ["## Training readiness", "",
+          "Blind baseline: a text-only model answers each multiple-choice question with the "
+          "answer most common for the same question text (numbers and boxes masked) in the "
+          "other videos; it should be near chance (docs/dataset.md).", "",
+          _table(["task / kind", "rows", "chance", "blind baseline", "delta"],
+                 [[k, b["rows"], f"{b['chance']:.3f}", f"{b['blind']:.3f}",
+                   f"{b['blind'] - b['chance']:+.3f}"]
+                  for t in stats.values() for k, b in t["blind"].items()]), "",
+          _table(["task", "rows"] + list(SPLITS) + ["templates"],
+                 [[task, t["rows"]] + [t["splits"].get(s, 0) for s in SPLITS]
+                  + [len(t["templates"])] for task, t in stats.items()]), ""]
+    for task, t in stats.items():
+        md += [f"### {task}", ""]
+        if t["answers"]:
+            md += ["Answers: " + ", ".join(f"`{a}` {n}" for a, n in t["answers"].most_common()), ""]
+        md += ["Templates: " + ", ".join(f"`{k}` {n}" for k, n in sorted(t["templates"].items())), ""]
+        for field, values in t["difficulty"].items():
+            md += [f"Difficulty `{field}` ({len(values)} rows): {_histogram(values)}  "]
+        md += [""]
+    return md
 
 
 def pick_examples(run_uri: str, per_task: int, s3: S3Config | None = None) -> dict[str, list[dict]]:
@@ -261,6 +324,7 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
         md += ["Non-fatal per-sample errors (the video's other rows were kept):", "",
                _table(["where: kind", "count"], errors.most_common(20)), ""]
 
+    md += dataset_section(dataset_stats(run_uri, s3))
     md += ["## Examples", ""]
     for task, rows in pick_examples(run_uri, examples_per_task, s3).items():
         md += [f"### {task}", ""]

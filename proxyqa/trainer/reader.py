@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from proxyqa.core.config import S3Config
 from proxyqa.core.layout import LATEST, MANIFEST, RUN_META
+from proxyqa.core.schema import DIFFICULTY_FIELDS, SPLITS
 from proxyqa.core.storage import get_fs, join
 
 try:  # torch is only needed to plug into a DataLoader
@@ -66,30 +67,68 @@ def load_json(run_uri: str, name: str, s3: S3Config | None = None) -> dict[str, 
     return json.loads(fs.cat_file(posixpath.join(path, name)))
 
 
+def _splits(split: str | Sequence[str] | None) -> set[str] | None:
+    if split is None:
+        return None
+    wanted = {split} if isinstance(split, str) else set(split)
+    unknown = wanted - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; splits: {list(SPLITS)}")
+    return wanted
+
+
 def shard_list(run_uri: str, s3: S3Config | None = None,
-               tasks: Sequence[str] | None = None) -> list[tuple[str, str]]:
+               tasks: Sequence[str] | None = None,
+               split: str | Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(URI, task) of each shard the manifest lists. An incremental run also lists shards
-    of earlier runs ('../<run_id>/task=...'), so its folder alone is not the dataset.
-    `run_uri` may also be an output root (its latest run)."""
+    of earlier runs ('../<run_id>/data/...'), so its folder alone is not the dataset.
+    `run_uri` may also be an output root (its latest run). `split`: train / validation /
+    test (or several); every shard holds one split."""
     run_uri = resolve_run(run_uri, s3)
     manifest = load_json(run_uri, MANIFEST, s3)
+    wanted = _splits(split)
+    if wanted is not None and any(s.get("split") is None for s in manifest["shards"]):
+        raise RunError(f"{run_uri} has no splits (written before schema 2.0)")
     return [(join(run_uri, s["path"]), s["task"]) for s in manifest["shards"]
-            if tasks is None or s["task"] in tasks]
+            if (tasks is None or s["task"] in tasks)
+            and (wanted is None or s.get("split") in wanted)]
 
 
 def shard_uris(run_uri: str, s3: S3Config | None = None,
-               tasks: Sequence[str] | None = None) -> list[str]:
+               tasks: Sequence[str] | None = None,
+               split: str | Sequence[str] | None = None) -> list[str]:
     """The manifest's shards as URIs (for pandas, DuckDB, HF datasets, Ray Data)."""
-    return [uri for uri, _ in shard_list(run_uri, s3, tasks)]
+    return [uri for uri, _ in shard_list(run_uri, s3, tasks, split)]
+
+
+class difficulty_at_least:  # noqa: N801 - used like a function: where=difficulty_at_least(...)
+    """A row filter: keep rows whose `difficulty[field]` is known and >= value (or <= value
+    with `at_most=True`), e.g. `difficulty_at_least("margin", 10)` keeps clear-cut
+    body_part_state rows. Picklable, for DataLoader workers."""
+
+    def __init__(self, field: str, value: float, at_most: bool = False):
+        if field not in DIFFICULTY_FIELDS:
+            raise ValueError(f"unknown difficulty field {field!r}; fields: {list(DIFFICULTY_FIELDS)}")
+        self.field, self.value, self.at_most = field, float(value), at_most
+
+    def __call__(self, row: dict) -> bool:
+        got = (row.get("difficulty") or {}).get(self.field)
+        if got is None:
+            return False
+        return got <= self.value if self.at_most else got >= self.value
 
 
 def iter_rows(run_uri: str, columns: Sequence[str] | None = None,
-              tasks: Sequence[str] | None = None, s3: S3Config | None = None) -> Iterator[dict]:
-    """Every row of a complete run in manifest order, one shard in memory at a time."""
+              tasks: Sequence[str] | None = None, s3: S3Config | None = None,
+              split: str | Sequence[str] | None = None,
+              where: Callable[[dict], bool] | None = None) -> Iterator[dict]:
+    """Every row of a complete run in manifest order, one shard in memory at a time.
+    `where`: a row filter (e.g. `difficulty_at_least("time_gap_s", 0.5)`)."""
     fs, _ = get_fs(run_uri, s3)
-    for uri in shard_uris(run_uri, s3, tasks):
+    for uri in shard_uris(run_uri, s3, tasks, split):
         with fs.open(get_fs(uri, s3)[1], "rb") as fh:
-            yield from pq.read_table(fh, columns=list(columns) if columns else None).to_pylist()
+            rows = pq.read_table(fh, columns=list(columns) if columns else None).to_pylist()
+        yield from (r for r in rows if where is None or where(r))
 
 
 @dataclass(frozen=True)
@@ -108,11 +147,12 @@ class Piece:
 
 
 def list_row_groups(run_uri: str, s3: S3Config | None = None,
-                    tasks: Sequence[str] | None = None) -> list[RowGroup]:
+                    tasks: Sequence[str] | None = None,
+                    split: str | Sequence[str] | None = None) -> list[RowGroup]:
     """Row groups of the manifest's shards (reads each shard's footer)."""
     fs, _ = get_fs(run_uri, s3)
     groups = []
-    for uri, task in shard_list(run_uri, s3, tasks):
+    for uri, task in shard_list(run_uri, s3, tasks, split):
         path = get_fs(uri, s3)[1]
         with fs.open(path, "rb") as fh:
             meta = pq.ParquetFile(fh).metadata
@@ -206,8 +246,11 @@ class RunDataset(_Base):
                  seed: int = 0, task_weights: dict[str, float] | None = None,
                  samples_per_epoch: int | None = None, tasks: Sequence[str] | None = None,
                  columns: Sequence[str] | None = None,
-                 transform: Callable[[dict], Any] | None = None):
+                 transform: Callable[[dict], Any] | None = None,
+                 split: str | Sequence[str] | None = None,
+                 where: Callable[[dict], bool] | None = None):
         self.run_uri = resolve_run(run, s3)
+        self.where = where
         self.s3 = s3
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither (torch.distributed)")
@@ -215,10 +258,11 @@ class RunDataset(_Base):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, max(int(shuffle_buffer), 1), seed
-        self.columns = list(dict.fromkeys([*columns, "task"])) if columns else None
+        need = ["task"] + (["difficulty"] if where is not None else [])
+        self.columns = list(dict.fromkeys([*columns, *need])) if columns else None
         self.transform = transform
         self.epoch = 0
-        self.groups = list_row_groups(self.run_uri, s3, tasks)
+        self.groups = list_row_groups(self.run_uri, s3, tasks, split)
         self.task_weights = self._weights(task_weights)
         total = sum(g.rows for g in self.groups if self.task_weights is None
                     or g.task in self.task_weights)
@@ -314,4 +358,6 @@ class RunDataset(_Base):
         else:
             rows = self._weighted(worker, workers)
         for row in self._buffered(rows, worker):
+            if self.where is not None and not self.where(row):
+                continue   # filtered rows are skipped: an epoch yields fewer than rows_this_rank()
             yield self.transform(row) if self.transform else row

@@ -84,7 +84,7 @@ def test_planted_secrets_never_reach_logs_or_outputs(tmp_path, clips_dir):
     finally:
         server.stop()
     names = {str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file()}
-    assert any(n.endswith("manifest.json") for n in names) and any("task=" in n for n in names)
+    assert any(n.endswith("manifest.json") for n in names) and any("/data/" in n for n in names)
     assert any(n.endswith("report.json") for n in names) and any(n.startswith("qa/ledger/") for n in names)
     report = next(objects.glob("qa/runs/*/report.json")).read_text()
     assert "mllm_unreachable" in report      # the API key was really used (and failed)
@@ -134,7 +134,8 @@ HOSTILE_NAMES = ["..\\..\\evil one.mp4", "%2e%2e%2fevil.mp4", "-rf evil.mp4", "$
                  "evil\nnewline.mp4", ".hidden evil.mp4"]
 OUTPUT_FILES = re.compile(
     r"latest|ledger/[\w.-]+\.parquet|runs/[\w.-]+/(manifest\.json|report\.json|_run\.json|"
-    r"_videos/part-[0-9a-f]{20}\.parquet|task=[a-z_]+/part-[0-9a-f]{20}\.parquet)")
+    r"README\.md|_videos/part-[0-9a-f]{20}\.parquet|"
+    r"data/[a-z_]+/(train|validation|test)-[0-9a-f]{20}\.parquet)")
 
 
 @pytest.mark.ray

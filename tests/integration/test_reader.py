@@ -37,11 +37,11 @@ def make_run(root: Path, rows_per_task: dict[str, int], row_group_size: int = 7,
                        images=[_jpeg(i)], frame_indices=[i], timestamps=[i / 10])
             rows.append(row)
         for k, start in enumerate(range(0, n, rows_per_shard)):
-            rel = f"task={task}/part-{k:03d}.parquet"
+            rel = f"data/{task}/train-{k:03d}.parquet"
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_pylist(rows[start:start + rows_per_shard], schema=SAMPLE_SCHEMA)
             pq.write_table(table, run / rel, row_group_size=row_group_size)
-            shards.append({"path": rel, "task": task, "rows": table.num_rows,
+            shards.append({"path": rel, "task": task, "rows": table.num_rows, "split": "train",
                            "bytes": (run / rel).stat().st_size})
     counts = {"rows": sum(rows_per_task.values()), "rows_by_task": rows_per_task}
     (run / "report.json").write_text(json.dumps({"videos": [], "counts": counts}))
@@ -184,7 +184,7 @@ def test_bad_arguments_are_clear(small_run):
     with pytest.raises(ValueError, match="no task with a positive weight"):
         RunDataset(str(small_run), task_weights={"pose_description": 1.0})
     with pytest.raises(RunError):
-        RunDataset(str(small_run / "task=nothing"))
+        RunDataset(str(small_run / "data" / "nothing"))
 
 
 @pytest.mark.s3

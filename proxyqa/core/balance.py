@@ -1,0 +1,209 @@
+"""The blind baseline and the answer balancing that defeats it (docs/dataset.md).
+
+Pure Python on small row dicts (`task`, `video_id`, `question`, `answer`, `choices`), so the
+commit step (pipeline), the dataset card (trainer) and bench/blind_baseline.py share one
+definition.
+
+Blind baseline: a model that never sees the images answers a multiple-choice row with the
+answer most common, among rows of the OTHER videos, for the same masked question text
+(numbers and boxes masked); answers tied for most common earn a fraction (1 / number
+tied). A text no other video asks falls back to the task's most common answer in the other
+videos, or to a blind guess (1 / choices), whichever scores more, so the figure is an upper
+bound of both usual fallbacks. It is compared with chance: the mean of 1 / len(choices).
+
+Balancing drops the fewest rows, greedily, until the blind accuracy of every answer kind
+(`answer_kind`: a task, and separately its two-choice rows such as up/down) is at most
+chance + `max_excess`. Only rows marked droppable are dropped (an incremental run's carried
+rows count but stay).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_BOX = re.compile(r"\[[^\[\]]*\]")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def mask_question(text: str) -> str:
+    """The question with boxes and numbers masked: what a text-only model keys on."""
+    return _NUMBER.sub("#", _BOX.sub("[box]", text or ""))
+
+
+def answer_kind(task: str, choices: Sequence[str] | None) -> str | None:
+    """The group a blind-baseline target applies to; None for free-form rows (no choices).
+    Two-choice rows (up/down, forward/reverse, ...) form their own kind."""
+    if not choices:
+        return None
+    if len(choices) == 2:
+        return f"{task}:{'/'.join(sorted(choices))}"
+    return task
+
+
+@dataclass
+class KindStats:
+    rows: int
+    chance: float
+    blind: float
+
+    @property
+    def delta(self) -> float:
+        return self.blind - self.chance
+
+
+def _mode_credit(counts: dict[str, int], answer: str) -> float | None:
+    """Credit of predicting the most common answer of `counts` (fractional on ties)."""
+    if not counts:
+        return None
+    top = max(counts.values())
+    if top <= 0:
+        return None
+    tied = [a for a, n in counts.items() if n == top]
+    return 1.0 / len(tied) if answer in tied else 0.0
+
+
+class _Kind:
+    """The rows of one answer kind, as counts per (masked question, answer, video)."""
+
+    def __init__(self, rows: list[dict]):
+        self.chance = sum(1.0 / len(r["choices"]) for r in rows) / max(len(rows), 1)
+        self.groups: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        self.tot: Counter = Counter()                                  # answer -> rows
+        self.per_video: dict[str, Counter] = defaultdict(Counter)     # video -> answer -> rows
+        guesses: dict[tuple, list[float]] = defaultdict(list)
+        for r in rows:
+            cell = (r["answer"], r["video_id"])
+            counts = self.groups[r["_key"]]
+            counts[cell] = counts.get(cell, 0) + 1
+            self.tot[r["answer"]] += 1
+            self.per_video[r["video_id"]][r["answer"]] += 1
+            guesses[(r["_key"], *cell)].append(1.0 / len(r["choices"]))
+        self.guess = {k: sum(v) / len(v) for k, v in guesses.items()}
+
+    def prior_credit(self, answer: str, video: str, minus: tuple[str, str] | None = None) -> float:
+        """Credit of the task-level fallback: the most common answer in the other videos."""
+        own = self.per_video.get(video, {})
+        totals = {}
+        for a, n in self.tot.items():
+            m = n - own.get(a, 0)
+            if minus is not None and minus[0] == a and minus[1] != video:
+                m -= 1
+            if m > 0:
+                totals[a] = m
+        return _mode_credit(totals, answer) or 0.0
+
+    def group_credit(self, key: str, counts: dict[tuple[str, str], int] | None = None,
+                     minus: tuple[str, str] | None = None) -> float:
+        counts = self.groups[key] if counts is None else counts
+        totals: Counter = Counter()
+        for (a, _), n in counts.items():
+            totals[a] += n
+        credit = 0.0
+        for (a, v), n in counts.items():
+            if n <= 0:
+                continue
+            others = {b: m - counts.get((b, v), 0) for b, m in totals.items()}
+            c = _mode_credit({b: m for b, m in others.items() if m > 0}, a)
+            if c is None:   # no other video asks this: the better of two fallbacks
+                c = max(self.prior_credit(a, v, minus), self.guess.get((key, a, v), 0.0))
+            credit += n * c
+        return credit
+
+    def single_video(self, key: str) -> bool:
+        return len({v for (_, v), n in self.groups[key].items() if n > 0}) <= 1
+
+    def credit(self) -> float:
+        return sum(self.group_credit(k) for k in self.groups)
+
+
+def _with_keys(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    kinds: dict[str, list[dict]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        kind = answer_kind(r["task"], r.get("choices"))
+        if kind is not None and r.get("answer") is not None:
+            kinds[kind].append({**r, "_key": mask_question(r["question"]), "_i": i})
+    return kinds
+
+
+def blind_baseline(rows: Iterable[dict]) -> dict[str, KindStats]:
+    """Blind-baseline accuracy and chance per task and per two-choice kind (module doc).
+    Keys: the task name (all its multiple-choice rows) and `task:a/b` for two-choice kinds."""
+    rows = list(rows)
+    out: dict[str, KindStats] = {}
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for kind, members in sorted(_with_keys(rows).items()):
+        k = _Kind(members)
+        out[kind] = KindStats(len(members), k.chance, k.credit() / len(members))
+        by_task[members[0]["task"]].extend(members)
+    for task, members in by_task.items():
+        if task in out and out[task].rows == len(members):
+            continue
+        # A task with several kinds: its figure is the row-weighted mean of its kinds'.
+        parts = [(kind, s) for kind, s in out.items() if kind.split(":")[0] == task]
+        n = sum(s.rows for _, s in parts)
+        out[task] = KindStats(n, sum(s.chance * s.rows for _, s in parts) / n,
+                              sum(s.blind * s.rows for _, s in parts) / n)
+    return dict(sorted(out.items()))
+
+
+def _order(sample_id: str) -> str:
+    return hashlib.sha256(sample_id.encode()).hexdigest()
+
+
+def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
+               droppable: Sequence[bool] | None = None) -> set[int]:
+    """Indices of `rows` to drop so that every answer kind's blind accuracy is at most its
+    chance + max_excess, dropping as few rows as the greedy rule finds.
+
+    Each step drops the one row whose removal lowers the kind's (credit - target * rows) the
+    most, exactly (its masked question's credit and the fallback credits of texts only one
+    video asks); rows of one (question, answer, video) are interchangeable, the one with the
+    smallest hash of its sample_id goes first, so the same rows give the same drops.
+    """
+    drops: set[int] = set()
+    for members in _with_keys(rows).values():
+        pool = defaultdict(list)   # (key, answer, video) -> droppable row indices
+        for r in members:
+            if droppable is None or droppable[r["_i"]]:
+                pool[(r["_key"], r["answer"], r["video_id"])].append(r["_i"])
+        for cands in pool.values():
+            cands.sort(key=lambda i: _order(str(rows[i].get("sample_id", i))), reverse=True)
+        _greedy(_Kind(members), pool, max_excess, len(members), drops)
+    return drops
+
+
+def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[int]) -> None:
+    target = kind.chance + max_excess
+    credit = {key: kind.group_credit(key) for key in kind.groups}
+    fallback = {key for key in kind.groups if kind.single_video(key)}
+    excess = sum(credit.values()) - target * n_rows
+    while excess > 1e-9:
+        best_gain, best = 0.0, None
+        for key, counts in kind.groups.items():
+            for (a, v), n in sorted(counts.items()):
+                if n <= 0 or not pool.get((key, a, v)):
+                    continue
+                trial = dict(counts)
+                trial[(a, v)] = n - 1
+                delta = credit[key] - kind.group_credit(key, trial, minus=(a, v))
+                for other in fallback - {key}:
+                    delta += credit[other] - kind.group_credit(other, minus=(a, v))
+                gain = delta - target
+                if gain > best_gain + 1e-12:
+                    best_gain, best = gain, (key, a, v)
+        if best is None:
+            return            # only non-droppable rows left to drop: the target is not met
+        key, a, v = best
+        drops.add(pool[best].pop())
+        kind.groups[key][(a, v)] -= 1
+        kind.tot[a] -= 1
+        kind.per_video[v][a] -= 1
+        if kind.single_video(key):
+            fallback.add(key)
+        for k in {key} | fallback:
+            credit[k] = kind.group_credit(k)
+        n_rows -= 1
+        excess = sum(credit.values()) - target * n_rows

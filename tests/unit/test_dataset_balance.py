@@ -1,0 +1,96 @@
+"""Balancing, the blind baseline, templates and near-duplicate grouping (pure parts, no Ray)."""
+from __future__ import annotations
+
+import random
+
+from proxyqa.core.balance import blind_baseline, mask_question, plan_drops
+from proxyqa.core.config import SplitConfig
+from proxyqa.pipeline.dataset import near_duplicate_groups, split_for_group
+from proxyqa.stages import templates
+
+
+def test_mask_question_hides_numbers_and_boxes():
+    q = "Where is the left wrist of the person in the box [12, 30, 400, 999]? Image 2 of 4."
+    assert mask_question(q) == "Where is the left wrist of the person in the box [box]? Image # of #."
+
+
+def _skewed(n_videos: int = 30, seed: int = 0) -> list[dict]:
+    """body_part_state-like rows where 'straight' dominates the right leg (the issue's prior)."""
+    rng = random.Random(seed)
+    rows = []
+    states = ["straight", "bent at the knee", "bent with the thigh raised"]
+    for v in range(n_videos):
+        for j in range(4):
+            part = rng.choice(["left leg", "right leg"])
+            answer = "straight" if rng.random() < 0.7 else rng.choice(states[1:])
+            choices = states[:]
+            rng.shuffle(choices)
+            rows.append({"sample_id": f"s{v}-{j}", "task": "body_part_state", "video_id": f"v{v}",
+                         "question": f"Which option best describes the {part}?", "answer": answer,
+                         "choices": choices})
+    return rows
+
+
+def test_blind_baseline_sees_the_prior_and_balancing_removes_it():
+    rows = _skewed()
+    before = blind_baseline(rows)["body_part_state"]
+    assert before.blind > before.chance + 0.2           # the text alone answers most rows
+    drops = plan_drops(rows, max_excess=0.03)
+    kept = [r for i, r in enumerate(rows) if i not in drops]
+    after = blind_baseline(kept)["body_part_state"]
+    assert after.blind <= after.chance + 0.03 + 1e-9
+    # Only the over-represented answer is dropped, and far from all rows.
+    assert {rows[i]["answer"] for i in drops} == {"straight"}
+    assert len(kept) > len(rows) / 2
+    assert plan_drops(rows, max_excess=0.03) == drops    # deterministic
+
+
+def test_balancing_keeps_rows_that_are_not_droppable():
+    rows = _skewed()
+    fixed = [r["video_id"] in {f"v{i}" for i in range(10)} for r in rows]
+    drops = plan_drops(rows, 0.03, droppable=[not f for f in fixed])
+    assert drops and not any(fixed[i] for i in drops)
+
+
+def test_two_choice_kinds_are_held_to_their_own_chance():
+    rows = [{"sample_id": f"s{v}-{j}", "task": "motion_compare", "video_id": f"v{v}",
+             "question": "did the left hand move up or down?", "answer": "up" if j < 3 else "down",
+             "choices": ["up", "down"]} for v in range(20) for j in range(4)]
+    stats = blind_baseline(rows)
+    assert stats["motion_compare:down/up"].chance == 0.5 and stats["motion_compare:down/up"].blind == 0.75
+    kept = [r for i, r in enumerate(rows) if i not in plan_drops(rows, 0.03)]
+    assert blind_baseline(kept)["motion_compare:down/up"].blind <= 0.53
+
+
+def test_every_geometry_and_construction_task_has_five_templates_chosen_by_sample_id():
+    for task, variants in templates.TEMPLATES.items():
+        for variant, options in variants.items():
+            assert len(options) >= 5, (task, variant)
+            assert len(set(options)) == len(options)
+    picks = {templates.pick("body_part_state", "state", f"id{i}")[0] for i in range(200)}
+    assert len(picks) == 5
+    assert templates.pick("temporal_order", "order", "x") == templates.pick("temporal_order", "order", "x")
+
+
+def test_near_duplicates_share_a_group_and_strangers_do_not():
+    rng = random.Random(1)
+    base = [rng.getrandbits(64) for _ in range(16)]
+
+    def flip(h: int, bits: int) -> int:
+        for b in rng.sample(range(64), bits):
+            h ^= 1 << b
+        return h
+    videos = {
+        "orig": {"content_id": "c1", "frame_hashes": base},
+        "reencoded": {"content_id": "c2", "frame_hashes": [flip(h, 3) for h in base]},
+        "trimmed": {"content_id": "c3", "frame_hashes": [flip(h, 2) for h in base[4:12]]},
+        "other": {"content_id": "c4", "frame_hashes": [rng.getrandbits(64) for _ in range(16)]},
+        "same_bytes": {"content_id": "c1", "frame_hashes": None},
+    }
+    groups = near_duplicate_groups(videos, max_hamming=10, min_matched=0.5)
+    assert groups["orig"] == groups["reencoded"] == groups["trimmed"] == groups["same_bytes"]
+    assert groups["other"] != groups["orig"]
+    cfg = SplitConfig()
+    splits = [split_for_group(f"g{i}", cfg) for i in range(4000)]
+    assert abs(splits.count("train") / 4000 - 0.9) < 0.03
+    assert splits.count("validation") > 100 and splits.count("test") > 100
