@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from proxyqa.core.config import MotionCompareConfig
+from proxyqa.stages import pose_checks as chk
 from proxyqa.stages import posecodes as pc
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for
 from proxyqa.stages.tasks_spatial import box_note, part_words, side_note, subject_of, subject_phrase
@@ -24,6 +27,18 @@ def row_pose_motion(min_score: float):
             return None
         return pc.pose_motion(ka, kb, int(row["width"]), int(row["height"]), min_score)
     return motion
+
+
+def same_facing(kps_a, kps_b, aspect: float, min_score: float) -> bool:
+    """Whether two skeletons agree on which way the body faces (their left/right): a pair
+    whose sides disagree would turn a mirrored skeleton into motion."""
+    oa = chk.orientation(np.asarray(kps_a, float), aspect, min_score)
+    ob = chk.orientation(np.asarray(kps_b, float), aspect, min_score)
+    if oa is None or ob is None:
+        return False
+    if abs(oa) < chk.STRONG_FACING or abs(ob) < chk.STRONG_FACING:
+        return True   # side views: sides are checked joint by joint (min_side_separation)
+    return (oa > 0) == (ob > 0)
 
 
 def motion_rules(cfg: MotionCompareConfig) -> pc.Rules:
@@ -78,7 +93,8 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     kps, ts = subject.keypoints, row["timestamps"]
-    frames = subject.frames()
+    frames = subject.usable_frames()   # never across a frame the pose checks flagged
+    aspect = w / h
     pairs = [(a, b) for i, a in enumerate(frames) for b in frames[i + 1:] if ts[b] > ts[a]]
     rng = rng_for(row, "motion_compare", ctx.seed)
     rules = motion_rules(cfg)
@@ -90,6 +106,8 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
         a, b = pairs[idx]
         moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
+            continue
+        if not same_facing(kps[a], kps[b], aspect, min_score):
             continue
         motion = pc.joint_motion(kps[a], kps[b], w, h, min_score, rules)
         who = subject_phrase(row, subject, [a, b], "0_1000")

@@ -123,6 +123,37 @@ class MediaPipeConfig(Strict):
     )
 
 
+class PoseChecksConfig(Strict):
+    """Self-consistency checks on the subject's skeleton before any question is asked
+    (stages/pose_checks.py, docs/label_quality.md). A failing joint gets score 0; a failing
+    frame gets a flag and no geometry question."""
+
+    flip_test: bool = Field(
+        True,
+        description="Run the pose model on the mirrored frames too (one more call per frame) "
+        "and keep only joints and sides both runs agree on.",
+    )
+    flip_tolerance: float = Field(
+        0.25, gt=0, description="Torso lengths a joint may move between the two runs."
+    )
+    side_continuity: bool = Field(
+        True, description="Flag frames whose left/right flip abruptly against the track's."
+    )
+    plausibility: bool = Field(
+        True, description="Flag upside-down, over-long-boned and squashed skeletons."
+    )
+    person_detector: Literal["hog", "none"] = Field(
+        "hog",
+        description="Person detector independent of the pose model (OpenCV HOG, CPU, offline): "
+        "counts people the pose model missed and checks overlaps.",
+    )
+    max_overlap: float = Field(
+        0.3, ge=0, le=1,
+        description="Subject frames whose box overlaps another person's by more IoU than this "
+        "(or holds its centre) get no geometry question.",
+    )
+
+
 class PoseConfig(Strict):
     backend: Literal["mediapipe", "ultralytics", "none"] = Field(
         "mediapipe", description="Pose backend: mediapipe (CPU, offline) or ultralytics (GPU)."
@@ -136,6 +167,7 @@ class PoseConfig(Strict):
         "box area.",
     )
     crop_margin: float = Field(0.15, description="Margin around the subject box in crops.")
+    checks: PoseChecksConfig = Field(default_factory=PoseChecksConfig)
     ultralytics: UltralyticsConfig = Field(default_factory=UltralyticsConfig)
     mediapipe: MediaPipeConfig = Field(default_factory=MediaPipeConfig)
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=1))
