@@ -77,6 +77,8 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
         others = [p.box for p in people[pos] if p is not person]
         dets = list(detections[pos]) if detections is not None else []
         skeleton_boxes = [p.box for p in people[pos]]
+        if mirrored is not None:   # the mirrored run may find someone the first run missed
+            dets += [chk.mirror_box(m.box) for m in mirrored[pos]]
         missed = [d for d in dets if chk.explained(d, skeleton_boxes) is None]
         counts.append(len(people[pos]) + len(missed))
         if person is None:
@@ -84,7 +86,8 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
         kps = person.keypoints
         if mirrored is not None:
             ok, sides_ok = chk.flip_agreement(kps, chk.match_mirrored(person, mirrored[pos]),
-                                              aspect, min_score, checks.flip_tolerance)
+                                              aspect, min_score, checks.flip_tolerance,
+                                              checks.confirm_score)
             kps[~ok, 2] = 0.0
             if not sides_ok:
                 flags[pos] = "flip test: left/right not confirmed by the mirrored frame"

@@ -37,13 +37,17 @@ SWAP = [J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right
         for n in COCO17]
 LIMB_JOINTS = list(range(5, 17))      # shoulders .. ankles: what the questions ask about
 
-FLIP_TOLERANCE = 0.25     # torso lengths a joint may move between the run and the mirrored run
+FLIP_TOLERANCE = 0.15     # torso lengths a joint may move between the run and the mirrored run
 SIDE_MARGIN = 0.5         # sides are trusted when same-side error < this x swapped-side error
 STRONG_FACING = 0.3       # |orientation| above this: clearly facing toward or away
 FLIP_MAX_GAP_S = 1.0      # a facing reversal faster than this without a side view is a swap
 # Plausibility (measured on the hand labels: bench/label_precision.py --bones)
-MAX_BONE = {"upper_arm": 1.0, "forearm": 1.0, "thigh": 1.4, "shin": 1.4}   # torso lengths
-MIN_TORSO_TO_SHOULDERS = 0.5   # torso length / shoulder width of an upright torso
+# Labelled people (n = 56-75 bones): longest upper arm 0.93 torso lengths, forearm 0.76,
+# thigh 1.51, shin 1.57 (a torso foreshortened by bending); legs left/right at most 1.85x;
+# torso / shoulder width at least 1.03.
+MAX_BONE = {"upper_arm": 1.1, "forearm": 0.95, "thigh": 1.7, "shin": 1.7}   # torso lengths
+MAX_LEG_ASYMMETRY = 2.2        # longer / shorter of the same leg bone, left vs right
+MIN_TORSO_TO_SHOULDERS = 0.7   # torso length / shoulder width of an upright torso
 UPRIGHT_LEAN = 45.0            # degrees: a torso this close to vertical is upright
 
 
@@ -73,14 +77,15 @@ def torso_length(kps: np.ndarray, aspect: float, min_score: float) -> Optional[f
 
 
 def flip_agreement(kps: np.ndarray, mirrored: Optional[np.ndarray], aspect: float,
-                   min_score: float, tolerance: float = FLIP_TOLERANCE
-                   ) -> tuple[np.ndarray, bool]:
+                   min_score: float, tolerance: float = FLIP_TOLERANCE,
+                   confirm_score: float = 0.7) -> tuple[np.ndarray, bool]:
     """(joint_ok[17], sides_ok) of one skeleton against the mirrored run's skeleton.
 
     `mirrored` is the mirrored run's skeleton of the same person already mapped back
     (`mirror_back`), or None when that run did not find the person: then nothing is
-    confirmed. A joint is ok when both runs are confident and within `tolerance` torso
-    lengths; sides are ok when the limb joints agree with the same-side assignment clearly
+    confirmed. A joint is ok when both runs give it a score >= `confirm_score` (a
+    joint the model half-sees moves between runs too often; measured on the hand labels)
+    and put it within `tolerance` torso lengths; sides are ok when the limb joints agree with the same-side assignment clearly
     better (`SIDE_MARGIN`) than with left and right exchanged.
     """
     ok = np.zeros(len(COCO17), bool)
@@ -88,7 +93,8 @@ def flip_agreement(kps: np.ndarray, mirrored: Optional[np.ndarray], aspect: floa
     if mirrored is None or scale is None:
         return ok, False
     a, b = _px(kps, aspect), _px(mirrored, aspect)
-    conf = (kps[:, 2] >= min_score) & (mirrored[:, 2] >= min_score)
+    confirm = max(min_score, confirm_score)
+    conf = (kps[:, 2] >= confirm) & (mirrored[:, 2] >= confirm)
     dist = np.linalg.norm(a - b, axis=1) / scale
     ok = conf & (dist <= tolerance)
     limbs = np.zeros(len(COCO17), bool)
@@ -190,6 +196,8 @@ def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[st
       ankles above the shoulders;
     - a bone (upper arm, forearm, thigh, shin) longer than MAX_BONE torso lengths: in 2D a
       bone can look shorter than it is (foreshortened), never longer;
+    - one thigh or shin over MAX_LEG_ASYMMETRY x as long as the other (legs foreshorten
+      alike far more often than arms do);
     - an upright torso shorter than MIN_TORSO_TO_SHOULDERS x its shoulder width: a body
       squashed flat (seen in skeletons merged from two people or collapsed into a box).
     """
@@ -207,6 +215,11 @@ def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[st
             ja, jb = f"{s}_{a}", f"{s}_{b}"
             if ok(ja, jb) and np.linalg.norm(px[J[ja]] - px[J[jb]]) > MAX_BONE[bone] * scale:
                 return f"{s} {bone.replace('_', ' ')} longer than {MAX_BONE[bone]} torso lengths"
+        if bone in ("thigh", "shin") and ok(f"left_{a}", f"left_{b}", f"right_{a}", f"right_{b}"):
+            lengths = sorted(float(np.linalg.norm(px[J[f"{s}_{a}"]] - px[J[f"{s}_{b}"]]))
+                             for s in ("left", "right"))
+            if lengths[1] > 0.5 * scale and lengths[1] > MAX_LEG_ASYMMETRY * lengths[0]:
+                return f"{bone}s differ over {MAX_LEG_ASYMMETRY}x left to right"
     if not ok("left_shoulder", "right_shoulder", "left_hip", "right_hip"):
         return None
     mid_sh = (px[J["left_shoulder"]] + px[J["right_shoulder"]]) / 2
@@ -225,7 +238,7 @@ def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[st
         return "upside down: both ankles above the shoulders of an upright torso"
     width = float(np.linalg.norm(px[J["left_shoulder"]] - px[J["right_shoulder"]]))
     if np.linalg.norm(mid_sh - mid_hip) < MIN_TORSO_TO_SHOULDERS * width:
-        return "torso squashed: shorter than half the shoulder width"
+        return f"torso squashed: shorter than {MIN_TORSO_TO_SHOULDERS} x the shoulder width"
     return None
 
 

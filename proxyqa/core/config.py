@@ -134,7 +134,12 @@ class PoseChecksConfig(Strict):
         "and keep only joints and sides both runs agree on.",
     )
     flip_tolerance: float = Field(
-        0.25, gt=0, description="Torso lengths a joint may move between the two runs."
+        0.15, gt=0, description="Torso lengths a joint may move between the two runs."
+    )
+    confirm_score: float = Field(
+        0.7, ge=0, le=1,
+        description="Flip test: a joint is kept only if both runs score it at least this "
+        "(and pose.min_keypoint_score); others get score 0.",
     )
     side_continuity: bool = Field(
         True, description="Flag frames whose left/right flip abruptly against the track's."
