@@ -9,7 +9,8 @@ from proxyqa.core.config import MotionCompareConfig
 from proxyqa.stages import pose_checks as chk
 from proxyqa.stages import posecodes as pc
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for
-from proxyqa.stages.tasks_spatial import box_note, part_words, side_note, subject_of, subject_phrase
+from proxyqa.stages.tasks_spatial import (Subject, box_note, part_words, side_note, subject_of,
+                                          subject_phrase)
 
 MAX_PAIRS = 64   # frame pairs examined per video at most
 
@@ -17,15 +18,23 @@ AXES = {"up_down": ("vertical", ["up", "down"]), "left_right": ("horizontal", ["
 
 
 def row_pose_motion(min_score: float):
-    """The temporal_order guard: (row, pos_a, pos_b) -> subject pose motion or None."""
+    """The temporal guard: (row, pos_a, pos_b) -> subject pose change (torso lengths) or None.
+
+    Mirror-invariant (`pose_checks.pose_change`: a left/right swap is not motion) and None
+    unless the subject passed the pose checks in both frames."""
+    cache: dict[int, tuple[Optional[Subject], set[int]]] = {}
+
     def motion(row: dict, pos_a: int, pos_b: int) -> Optional[float]:
-        subject = subject_of(row)
-        if subject is None:
+        if id(row) not in cache:
+            subject = subject_of(row)
+            cache.clear()
+            cache[id(row)] = (subject, set(subject.usable_frames()) if subject else set())
+        subject, usable = cache[id(row)]
+        if subject is None or pos_a not in usable or pos_b not in usable:
             return None
         ka, kb = subject.keypoints[pos_a], subject.keypoints[pos_b]
-        if ka is None or kb is None:
-            return None
-        return pc.pose_motion(ka, kb, int(row["width"]), int(row["height"]), min_score)
+        return chk.pose_change(np.asarray(ka, float), np.asarray(kb, float),
+                               int(row["width"]) / int(row["height"]), min_score)
     return motion
 
 

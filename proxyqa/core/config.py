@@ -187,9 +187,15 @@ class TemporalOrderConfig(Strict):
         "adjacent in time; closer frames cannot be told apart.",
     )
     min_pose_motion: float = Field(
-        0.05,
-        description="When pose is on: subject keypoint motion (body-size units) required "
-        "between frames adjacent in time.",
+        0.3,
+        description="When pose is on: subject pose change (torso lengths, mirror-invariant) "
+        "required between frames adjacent in time, and by which each frame must be farther "
+        "from the first frame than the one before it (a one-way change).",
+    )
+    min_gap_s: float = Field(0.4, ge=0, description="Seconds between frames adjacent in time.")
+    min_span_s: float = Field(1.5, ge=0, description="Seconds from the first to the last frame.")
+    require_subject: bool = Field(
+        True, description="When pose ran: no question without a subject in every shown frame."
     )
 
 
@@ -198,6 +204,20 @@ class TemporalDirectionConfig(Strict):
     samples_per_video: int = Field(2, ge=0, description="Clips per video at most.")
     min_frame_diff: float = Field(
         3.0, description="Grey-level difference required between the clip's first and last frame."
+    )
+    min_span_s: float = Field(1.5, ge=0, description="Seconds from the first to the last frame.")
+    min_net_motion: float = Field(
+        0.6,
+        description="When pose is on: subject pose change (torso lengths) from the first to the "
+        "last frame.",
+    )
+    min_straightness: float = Field(
+        0.7, ge=0, le=1,
+        description="When pose is on: first-to-last pose change / the summed frame-to-frame "
+        "changes; near-periodic or returning motion scores low and gets no clip.",
+    )
+    require_subject: bool = Field(
+        True, description="When pose ran: no clip without a subject in every frame."
     )
 
 
