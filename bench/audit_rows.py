@@ -46,7 +46,7 @@ def _text_block(lines: list[str], width: int) -> np.ndarray:
     import cv2
 
     wrapped: list[str] = []
-    per = max(20, width // 9)
+    per = max(20, width // 8)
     for line in lines:
         while len(line) > per:
             cut = line.rfind(" ", 0, per)
@@ -113,7 +113,11 @@ def render(row: dict[str, Any]) -> np.ndarray:
     if task.startswith("temporal") or task == "motion_compare":
         lines.append(f"timestamps shown: {[round(t, 2) for t in row['timestamps']]} "
                      f"(span {abs(span):.2f} s)")
-    return np.concatenate([strip, _text_block(lines, strip.shape[1])], axis=0)
+    text = _text_block(lines, 460)
+    height = max(strip.shape[0], text.shape[0])
+    strip = np.pad(strip, ((0, height - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    text = np.pad(text, ((0, height - text.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([strip, text], axis=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ import numpy as np
 from proxyqa.core.config import PoseConfig
 from proxyqa.core.people import Person, Subject, encode_people
 from proxyqa.models.pose_base import PoseEstimator, build_estimator, check_pose_config  # noqa: F401
-from proxyqa.stages.base import Batch, RowStage, add_error, to_batch, to_rows
 from proxyqa.stages import pose_checks as chk
+from proxyqa.stages.base import Batch, RowStage, add_error, to_batch, to_rows
 from proxyqa.stages.decode import encode_jpeg
 from proxyqa.stages.track import associate, choose_subject
 

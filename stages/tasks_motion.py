@@ -9,8 +9,7 @@ from proxyqa.core.config import MotionCompareConfig
 from proxyqa.stages import pose_checks as chk
 from proxyqa.stages import posecodes as pc
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for
-from proxyqa.stages.tasks_spatial import (Subject, box_note, part_words, side_note, subject_of,
-                                          subject_phrase)
+from proxyqa.stages.tasks_spatial import Subject, box_note, part_words, side_note, subject_of, subject_phrase
 
 MAX_PAIRS = 64   # frame pairs examined per video at most
 
