@@ -19,6 +19,7 @@ import numpy as np
 from proxyqa.core.config import PoseConfig
 from proxyqa.core.people import Person, Subject, encode_people
 from proxyqa.models.pose_base import PoseEstimator, build_estimator, check_pose_config  # noqa: F401
+from proxyqa.stages import pose_checks as chk
 from proxyqa.stages.base import Batch, RowStage, add_error, to_batch, to_rows
 from proxyqa.stages.decode import encode_jpeg
 from proxyqa.stages.track import associate, choose_subject
@@ -53,6 +54,66 @@ def dense_enough(timestamps: Sequence[float], max_gap_s: float) -> bool:
     return len(gaps) > 0 and bool(np.all(gaps <= max_gap_s))
 
 
+def mirror_frame(rgb: np.ndarray) -> np.ndarray:
+    """The frame mirrored left-right: a view, no copy (the model wrapper copies once)."""
+    return rgb[:, ::-1]
+
+
+def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Person]],
+                  mirrored: Sequence[Sequence[Person]] | None,
+                  detections: Sequence[Sequence[list[float]]] | None,
+                  timestamps: Sequence[float], aspect: float, cfg: PoseConfig
+                  ) -> tuple[list[str | None], list[int]]:
+    """The pose checks (stages/pose_checks.py) on the subject's skeleton in each frame.
+
+    Returns per frame the flag (why the frame is unfit for geometry questions, or None) and
+    the number of people visible (skeletons + detector boxes no skeleton explains). Joints
+    the flip test or the other-person test reject get score 0 on `mine`, in place.
+    """
+    checks, min_score = cfg.checks, cfg.min_keypoint_score
+    flags: list[str | None] = [None] * len(mine)
+    counts: list[int] = []
+    for pos, person in enumerate(mine):
+        others = [p.box for p in people[pos] if p is not person]
+        dets = list(detections[pos]) if detections is not None else []
+        skeleton_boxes = [p.box for p in people[pos]]
+        if mirrored is not None:   # the mirrored run may find someone the first run missed
+            dets += [chk.mirror_box(m.box) for m in mirrored[pos]]
+        missed = [d for d in dets if chk.explained(d, skeleton_boxes) is None]
+        counts.append(len(people[pos]) + len(missed))
+        if person is None:
+            continue
+        kps = person.keypoints
+        if mirrored is not None:
+            ok, sides_ok = chk.flip_agreement(kps, chk.match_mirrored(person, mirrored[pos]),
+                                              aspect, min_score, checks.flip_tolerance,
+                                              checks.confirm_score)
+            kps[~ok, 2] = 0.0
+            if not sides_ok:
+                flags[pos] = "flip test: left/right not confirmed by the mirrored frame"
+                continue
+        if checks.plausibility:
+            why = chk.implausible(kps, aspect, min_score)
+            if why is None and dets and chk.partial_body(person.box, dets):
+                why = "skeleton covers under half the height of the detected person"
+            if why is not None:
+                flags[pos] = why
+                continue
+        others += missed
+        if chk.overlaps_other(person.box, others, checks.max_overlap):
+            flags[pos] = "overlaps another person"
+            continue
+        kps[chk.joints_on_others(kps, person.box, others), 2] = 0.0
+    if checks.side_continuity:
+        orients = [None if p is None or flags[i] is not None
+                   else chk.orientation(p.keypoints, aspect, min_score)
+                   for i, p in enumerate(mine)]
+        for pos, flipped in enumerate(chk.side_flips(orients, timestamps)):
+            if flipped:
+                flags[pos] = "left/right flip against the rest of the track"
+    return flags, counts
+
+
 class PoseStage(RowStage):
     """Adds `persons_json`, `subject_json` and `subject_crops_jpeg` to each decoded row.
 
@@ -66,10 +127,17 @@ class PoseStage(RowStage):
 
     name = "pose"
 
-    def __init__(self, cfg: PoseConfig, estimator: PoseEstimator | None = None):
+    def __init__(self, cfg: PoseConfig, estimator: PoseEstimator | None = None,
+                 detector: Any = None):
         self.cfg = cfg
         self.estimator = estimator if estimator is not None else build_estimator(cfg)
-        self._predicted: dict[int, tuple[list[np.ndarray], list[list[Person]]]] = {}
+        if detector is None and cfg.checks.person_detector == "hog":
+            from proxyqa.models.person_detector import HOGPersonDetector
+
+            detector = HOGPersonDetector()
+        self.detector = detector
+        self._predicted: dict[int, tuple[list[np.ndarray], list[list[Person]],
+                                         list[list[Person]] | None]] = {}
 
     def __call__(self, batch: Batch) -> Batch:
         rows = to_rows(batch)
@@ -104,6 +172,9 @@ class PoseStage(RowStage):
         if len(frames_of) < 2:
             return {}
         flat = [f for frames in frames_of.values() for f in frames]
+        n = len(flat)
+        if self.cfg.checks.flip_test:   # the mirrored frames ride in the same call
+            flat = flat + [mirror_frame(f) for f in flat]
         try:
             people = self.estimator.predict(flat)
         except Exception as exc:  # noqa: BLE001 - fall back to one call per video
@@ -112,8 +183,10 @@ class PoseStage(RowStage):
             return {}
         out, start = {}, 0
         for i, frames in frames_of.items():
-            out[id(rows[i])] = (frames, people[start:start + len(frames)])
-            start += len(frames)
+            k = len(frames)
+            mirrored = people[n + start:n + start + k] if self.cfg.checks.flip_test else None
+            out[id(rows[i])] = (frames, people[start:start + k], mirrored)
+            start += k
         return out
 
     def _people(self, frames: list[np.ndarray], timestamps: Sequence[float],
@@ -132,21 +205,30 @@ class PoseStage(RowStage):
         return people
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        frames, predicted = self._predicted.get(id(row), (None, None))
+        frames, predicted, mirrored = self._predicted.get(id(row), (None, None, None))
         if frames is None:
             frames = [decode_jpeg_rgb(j) for j in row.get("frames_jpeg") or []]
         if not frames:
             row.update(persons_json=encode_people([]), subject_json=None, subject_crops_jpeg=None)
             return row
-        people = self._people(frames, row.get("timestamps") or [], predicted)
-        row["persons_json"] = encode_people(people)
+        timestamps = row.get("timestamps") or []
+        people = self._people(frames, timestamps, predicted)
         subject_id = choose_subject(people, self.cfg.subject_rule)
         if subject_id is None:
-            row.update(subject_json=None, subject_crops_jpeg=None)
+            row.update(persons_json=encode_people(people), subject_json=None,
+                       subject_crops_jpeg=None)
             add_error(row, "pose", "no_person", f"no person found in {len(frames)} sampled frames")
             return row
         mine = [next((p for p in ps if p.track_id == subject_id), None) for ps in people]
-        row["subject_json"] = Subject.from_people(subject_id, self.cfg.subject_rule, mine).to_json()
+        if self.cfg.checks.flip_test and mirrored is None:
+            mirrored = self.estimator.predict([mirror_frame(f) for f in frames])
+        detections = self.detector.detect(frames) if self.detector is not None else None
+        flags, counts = check_subject(mine, people, mirrored, detections, timestamps,
+                                      frames[0].shape[1] / frames[0].shape[0], self.cfg)
+        # After the checks: a joint they rejected is stored with score 0 in both columns.
+        row["persons_json"] = encode_people(people)
+        row["subject_json"] = Subject.from_people(subject_id, self.cfg.subject_rule, mine,
+                                                  flags, counts).to_json()
         row["subject_crops_jpeg"] = [
             None if p is None else encode_jpeg(crop_box(f, p.box, self.cfg.crop_margin),
                                                CROP_JPEG_QUALITY)

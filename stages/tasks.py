@@ -37,15 +37,30 @@ class BuildTasksStage(RowStage):
         return row
 
 
+def _pose_guard(stage: BuildTasksStage, row: dict, require_subject: bool):
+    """(skip, guard): with pose output, the temporal tasks judge determinability from the
+    subject's pose (tasks_temporal.one_way / _directional); a video whose pose stage found
+    no subject gets none when `require_subject` (nothing shows which way time runs)."""
+    if row.get("subject_json"):
+        return False, tasks_motion.row_pose_motion(stage.min_score)
+    pose_ran = row.get("persons_json") is not None
+    return pose_ran and require_subject, None
+
+
 def _temporal_order(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
-    # With a subject, frames adjacent in time must also differ by pose motion.
-    guard = tasks_motion.row_pose_motion(stage.min_score) if row.get("subject_json") else None
+    skip, guard = _pose_guard(stage, row, stage.cfg.temporal_order.require_subject)
+    if skip:
+        return []
     return tasks_temporal.temporal_order(row, stage.cfg.temporal_order, stage.ctx, thumbs,
                                          pose_motion=guard)
 
 
 def _temporal_direction(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
-    return tasks_temporal.temporal_direction(row, stage.cfg.temporal_direction, stage.ctx, thumbs)
+    skip, guard = _pose_guard(stage, row, stage.cfg.temporal_direction.require_subject)
+    if skip:
+        return []
+    return tasks_temporal.temporal_direction(row, stage.cfg.temporal_direction, stage.ctx,
+                                             thumbs, pose_motion=guard)
 
 
 def _spatial_grounding(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:

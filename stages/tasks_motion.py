@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from proxyqa.core.config import MotionCompareConfig
+from proxyqa.stages import pose_checks as chk
 from proxyqa.stages import posecodes as pc
 from proxyqa.stages import templates
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
-from proxyqa.stages.tasks_spatial import box_note, part_words, side_note, subject_of, subject_phrase
+from proxyqa.stages.tasks_spatial import Subject, box_note, part_words, side_note, subject_of, subject_phrase
 
 MAX_PAIRS = 64   # frame pairs examined per video at most
 
@@ -15,16 +18,36 @@ AXES = {"up_down": ("vertical", ["up", "down"]), "left_right": ("horizontal", ["
 
 
 def row_pose_motion(min_score: float):
-    """The temporal_order guard: (row, pos_a, pos_b) -> subject pose motion or None."""
+    """The temporal guard: (row, pos_a, pos_b) -> subject pose change (torso lengths) or None.
+
+    Mirror-invariant (`pose_checks.pose_change`: a left/right swap is not motion) and None
+    unless the subject passed the pose checks in both frames."""
+    cache: dict[int, tuple[Optional[Subject], set[int]]] = {}
+
     def motion(row: dict, pos_a: int, pos_b: int) -> Optional[float]:
-        subject = subject_of(row)
-        if subject is None:
+        if id(row) not in cache:
+            subject = subject_of(row)
+            cache.clear()
+            cache[id(row)] = (subject, set(subject.usable_frames()) if subject else set())
+        subject, usable = cache[id(row)]
+        if subject is None or pos_a not in usable or pos_b not in usable:
             return None
         ka, kb = subject.keypoints[pos_a], subject.keypoints[pos_b]
-        if ka is None or kb is None:
-            return None
-        return pc.pose_motion(ka, kb, int(row["width"]), int(row["height"]), min_score)
+        return chk.pose_change(np.asarray(ka, float), np.asarray(kb, float),
+                               int(row["width"]) / int(row["height"]), min_score)
     return motion
+
+
+def same_facing(kps_a, kps_b, aspect: float, min_score: float) -> bool:
+    """Whether two skeletons agree on which way the body faces (their left/right): a pair
+    whose sides disagree would turn a mirrored skeleton into motion."""
+    oa = chk.orientation(np.asarray(kps_a, float), aspect, min_score)
+    ob = chk.orientation(np.asarray(kps_b, float), aspect, min_score)
+    if oa is None or ob is None:
+        return False
+    if abs(oa) < chk.STRONG_FACING or abs(ob) < chk.STRONG_FACING:
+        return True   # side views: sides are checked joint by joint (min_side_separation)
+    return (oa > 0) == (ob > 0)
 
 
 def motion_rules(cfg: MotionCompareConfig) -> pc.Rules:
@@ -84,7 +107,8 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     kps, ts = subject.keypoints, row["timestamps"]
-    frames = subject.frames()
+    frames = subject.usable_frames()   # never across a frame the pose checks flagged
+    aspect = w / h
     pairs = [(a, b) for i, a in enumerate(frames) for b in frames[i + 1:] if ts[b] > ts[a]]
     rng = rng_for(row, "motion_compare", ctx.seed)
     rules = motion_rules(cfg)
@@ -96,6 +120,8 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
         a, b = pairs[idx]
         moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
+            continue
+        if not same_facing(kps[a], kps[b], aspect, min_score):
             continue
         motion = pc.joint_motion(kps[a], kps[b], w, h, min_score, rules)
         who = subject_phrase(row, subject, [a, b], "0_1000")

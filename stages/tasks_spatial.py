@@ -45,8 +45,12 @@ def coord_words(coord_format: str) -> str:
 
 def subject_phrase(row: dict, subject: Subject, positions: Sequence[int],
                    coord_format: str) -> tuple[str, bool]:
-    """('the person', False), or the person named by its box in the shown frames, True."""
-    if people_in_frames(row, positions) <= 1:
+    """('the person', False), or the person named by its box in the shown frames, True.
+
+    Named by box when more than one person is visible in a shown frame or, counting the
+    people the person detector found and the pose model missed, anywhere in the video (a
+    bystander seen in one frame is usually near in the others)."""
+    if people_in_frames(row, positions) <= 1 and not subject.crowded():
         return "the person", False
     box = union_box([subject.boxes[p] for p in positions])
     return f"the person in the box {fmt_coords(box, coord_format)}", True
@@ -97,7 +101,7 @@ def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     cands: list[Candidate] = []
-    for pos in subject.frames():
+    for pos in subject.usable_frames():   # frames that passed the pose checks
         kps = subject.keypoints[pos]
         if "point" in cfg.kinds:
             for joint in pc.GROUND_JOINTS:
@@ -177,7 +181,7 @@ def body_part_state(row: dict, cfg: BodyPartStateConfig, ctx: RunContext,
     w, h = int(row["width"]), int(row["height"])
     rules = state_rules(cfg)
     cands: list[Candidate] = []
-    for pos in subject.frames():
+    for pos in subject.usable_frames():   # frames that passed the pose checks
         truths = pc.state_truths(subject.keypoints[pos], w, h, min_score, rules)
         for part, states in truths.items():
             true = [s for s, v in states.items() if v is True]

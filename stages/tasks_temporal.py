@@ -36,6 +36,26 @@ def _distinct_in_time(row: dict, chosen: list[int]) -> bool:
     return all(t1 > t0 for t0, t1 in zip(ts, ts[1:]))
 
 
+def _spaced(row: dict, chosen: list[int], min_gap_s: float, min_span_s: float) -> bool:
+    """Frames far enough apart in time for a person to see the change (measured: spans
+    under ~1 s and gaps of a few video frames were undeterminable in the audit)."""
+    ts = [row["timestamps"][p] for p in chosen]
+    return ts[-1] - ts[0] >= min_span_s and min(b - a for a, b in zip(ts, ts[1:])) >= min_gap_s
+
+
+def one_way(row: dict, chosen: list[int], pose_motion: PoseMotion, min_step: float) -> bool:
+    """Whether the subject's pose changes by >= min_step at every step AND moves steadily
+    away from the first frame (each frame >= min_step farther from it than the one before):
+    a pose that returns (tai chi, balance, periodic motion) looks the same both ways."""
+    steps = [pose_motion(row, a, b) for a, b in zip(chosen, chosen[1:])]
+    if any(m is None or m < min_step for m in steps):
+        return False
+    away = [pose_motion(row, chosen[0], c) for c in chosen[1:]]
+    if any(m is None for m in away):
+        return False
+    return all(b - a >= min_step for a, b in zip(away, away[1:]))
+
+
 def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
                    thumbs: np.ndarray, pose_motion: PoseMotion | None = None) -> list[dict]:
     n, k = len(row["frames_jpeg"]), cfg.frames
@@ -54,11 +74,13 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
         diff = min(frame_diff(thumbs, a, b) for a, b in pairs)
         if diff < cfg.min_frame_diff:
             continue
-        motions: list = []
-        if pose_motion is not None:
-            motions = [pose_motion(row, a, b) for a, b in pairs]
-            if any(m is None or m < cfg.min_pose_motion for m in motions):
-                continue
+        if not _spaced(row, chosen, cfg.min_gap_s, cfg.min_span_s):
+            continue
+        if pose_motion is not None and not one_way(row, chosen, pose_motion,
+                                                   cfg.min_pose_motion):
+            continue
+        # difficulty: the smallest pose change between consecutive shown frames
+        motions = [pose_motion(row, a, b) for a, b in pairs] if pose_motion is not None else []
         perm = rng.permutation(k)
         while (perm == np.arange(k)).all():
             perm = rng.permutation(k)
@@ -80,8 +102,20 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
     return samples
 
 
+def _directional(row: dict, window: list[int], pose_motion: PoseMotion,
+                 cfg: TemporalDirectionConfig) -> bool:
+    """A one-way change: the pose path from the first to the last frame is long
+    (>= min_net_motion torso lengths end to end) and not returning (end-to-end change >=
+    min_straightness x the summed step changes). Near-periodic or symmetric motion fails."""
+    steps = [pose_motion(row, a, b) for a, b in zip(window, window[1:])]
+    net = pose_motion(row, window[0], window[-1])
+    if net is None or any(m is None for m in steps):
+        return False
+    return net >= cfg.min_net_motion and net >= cfg.min_straightness * sum(steps)
+
+
 def temporal_direction(row: dict, cfg: TemporalDirectionConfig, ctx: RunContext,
-                       thumbs: np.ndarray) -> list[dict]:
+                       thumbs: np.ndarray, pose_motion: PoseMotion | None = None) -> list[dict]:
     n, k = len(row["frames_jpeg"]), cfg.frames
     if n < k or cfg.samples_per_video == 0:
         return []
@@ -97,6 +131,11 @@ def temporal_direction(row: dict, cfg: TemporalDirectionConfig, ctx: RunContext,
             continue
         diff = frame_diff(thumbs, window[0], window[-1])
         if diff < cfg.min_frame_diff:
+            continue
+        ts = row["timestamps"]
+        if ts[window[-1]] - ts[window[0]] < cfg.min_span_s:
+            continue
+        if pose_motion is not None and not _directional(row, window, pose_motion, cfg):
             continue
         # Alternate from a random first choice, so each video's clips are balanced.
         is_reversed = first_reversed ^ bool(len(samples) % 2)

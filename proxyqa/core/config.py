@@ -123,6 +123,42 @@ class MediaPipeConfig(Strict):
     )
 
 
+class PoseChecksConfig(Strict):
+    """Self-consistency checks on the subject's skeleton before any question is asked
+    (stages/pose_checks.py, docs/label_quality.md). A failing joint gets score 0; a failing
+    frame gets a flag and no geometry question."""
+
+    flip_test: bool = Field(
+        True,
+        description="Run the pose model on the mirrored frames too (one more call per frame) "
+        "and keep only joints and sides both runs agree on.",
+    )
+    flip_tolerance: float = Field(
+        0.15, gt=0, description="Torso lengths a joint may move between the two runs."
+    )
+    confirm_score: float = Field(
+        0.7, ge=0, le=1,
+        description="Flip test: a joint is kept only if both runs score it at least this "
+        "(and pose.min_keypoint_score); others get score 0.",
+    )
+    side_continuity: bool = Field(
+        True, description="Flag frames whose left/right flip abruptly against the track's."
+    )
+    plausibility: bool = Field(
+        True, description="Flag upside-down, over-long-boned and squashed skeletons."
+    )
+    person_detector: Literal["hog", "none"] = Field(
+        "hog",
+        description="Person detector independent of the pose model (OpenCV HOG, CPU, offline): "
+        "counts people the pose model missed and checks overlaps.",
+    )
+    max_overlap: float = Field(
+        0.3, ge=0, le=1,
+        description="Subject frames whose box overlaps another person's by more IoU than this "
+        "(or holds its centre) get no geometry question.",
+    )
+
+
 class PoseConfig(Strict):
     backend: Literal["mediapipe", "ultralytics", "none"] = Field(
         "mediapipe", description="Pose backend: mediapipe (CPU, offline) or ultralytics (GPU)."
@@ -136,6 +172,7 @@ class PoseConfig(Strict):
         "box area.",
     )
     crop_margin: float = Field(0.15, description="Margin around the subject box in crops.")
+    checks: PoseChecksConfig = Field(default_factory=PoseChecksConfig)
     ultralytics: UltralyticsConfig = Field(default_factory=UltralyticsConfig)
     mediapipe: MediaPipeConfig = Field(default_factory=MediaPipeConfig)
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=1))
@@ -150,9 +187,15 @@ class TemporalOrderConfig(Strict):
         "adjacent in time; closer frames cannot be told apart.",
     )
     min_pose_motion: float = Field(
-        0.05,
-        description="When pose is on: subject keypoint motion (body-size units) required "
-        "between frames adjacent in time.",
+        0.3,
+        description="When pose is on: subject pose change (torso lengths, mirror-invariant) "
+        "required between frames adjacent in time, and by which each frame must be farther "
+        "from the first frame than the one before it (a one-way change).",
+    )
+    min_gap_s: float = Field(0.4, ge=0, description="Seconds between frames adjacent in time.")
+    min_span_s: float = Field(1.5, ge=0, description="Seconds from the first to the last frame.")
+    require_subject: bool = Field(
+        True, description="When pose ran: no question without a subject in every shown frame."
     )
 
 
@@ -161,6 +204,20 @@ class TemporalDirectionConfig(Strict):
     samples_per_video: int = Field(2, ge=0, description="Clips per video at most.")
     min_frame_diff: float = Field(
         3.0, description="Grey-level difference required between the clip's first and last frame."
+    )
+    min_span_s: float = Field(1.5, ge=0, description="Seconds from the first to the last frame.")
+    min_net_motion: float = Field(
+        0.6,
+        description="When pose is on: subject pose change (torso lengths) from the first to the "
+        "last frame.",
+    )
+    min_straightness: float = Field(
+        0.7, ge=0, le=1,
+        description="When pose is on: first-to-last pose change / the summed frame-to-frame "
+        "changes; near-periodic or returning motion scores low and gets no clip.",
+    )
+    require_subject: bool = Field(
+        True, description="When pose ran: no clip without a subject in every frame."
     )
 
 

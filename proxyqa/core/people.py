@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -92,17 +92,30 @@ class Subject:
     boxes: list[Optional[Box]]                 # per sampled frame (None: not seen there)
     keypoints: list[Optional[Keypoints]]       # per sampled frame
     present: float                             # share of sampled frames with the subject
+    # Per sampled frame: why the subject's skeleton there is unfit for geometry questions
+    # (stages/pose_checks.py), None when it passed every check. Empty: no checks ran.
+    flags: list[Optional[str]] = field(default_factory=list)
+    # Per sampled frame: people visible (skeletons plus detector finds no skeleton explains).
+    people: list[int] = field(default_factory=list)
 
     @classmethod
-    def from_people(cls, track_id: int, rule: str, mine: Sequence[Optional[Person]]) -> Subject:
+    def from_people(cls, track_id: int, rule: str, mine: Sequence[Optional[Person]],
+                    flags: Optional[Sequence[Optional[str]]] = None,
+                    people: Optional[Sequence[int]] = None) -> Subject:
         return cls(track_id=int(track_id), rule=rule,
                    boxes=[None if p is None else _round(p.box) for p in mine],
                    keypoints=[None if p is None else round_keypoints(p.keypoints) for p in mine],
-                   present=round(sum(p is not None for p in mine) / len(mine), NUM_DECIMALS))
+                   present=round(sum(p is not None for p in mine) / len(mine), NUM_DECIMALS),
+                   flags=list(flags or []), people=[int(n) for n in people or []])
 
     def to_json(self) -> str:
-        return json.dumps({"track_id": self.track_id, "rule": self.rule, "boxes": self.boxes,
-                           "keypoints": self.keypoints, "present": self.present})
+        data = {"track_id": self.track_id, "rule": self.rule, "boxes": self.boxes,
+                "keypoints": self.keypoints, "present": self.present}
+        if self.flags:
+            data["flags"] = self.flags
+        if self.people:
+            data["people"] = self.people
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Subject:
@@ -110,12 +123,21 @@ class Subject:
         return cls(track_id=data["track_id"], rule=data.get("rule", ""),
                    boxes=[None if b is None else list(b) for b in data.get("boxes") or []],
                    keypoints=[as_float32(k) for k in data.get("keypoints") or []],
-                   present=data.get("present", 0.0))
+                   present=data.get("present", 0.0), flags=list(data.get("flags") or []),
+                   people=[int(n) for n in data.get("people") or []])
 
     def frames(self) -> list[int]:
         """Sampled-frame positions where the subject has both keypoints and a box."""
         return [p for p, k in enumerate(self.keypoints)
                 if k is not None and p < len(self.boxes) and self.boxes[p] is not None]
+
+    def usable_frames(self) -> list[int]:
+        """`frames()` whose skeleton passed the pose checks (all of them when none ran)."""
+        return [p for p in self.frames() if p >= len(self.flags) or self.flags[p] is None]
+
+    def crowded(self) -> bool:
+        """Whether more than one person is visible in any sampled frame of the video."""
+        return max(self.people, default=1) > 1
 
 
 def subject_of(row: dict) -> Optional[Subject]:

@@ -343,7 +343,8 @@ def test_ultralytics_predicts_across_the_videos_of_a_batch(yolo, clips_dir, monk
     monkeypatch.setattr(yolo, "predict", lambda frames: calls.append(len(frames)) or real_predict(frames))
     out = stage(as_batch(dict(videos[0]), failed, dict(videos[1]), garbage))
 
-    assert calls == [len(videos[0]["frames_jpeg"]) + len(videos[1]["frames_jpeg"])]
+    # One call: both videos' frames and, for the flip test, their mirrored copies.
+    assert calls == [2 * (len(videos[0]["frames_jpeg"]) + len(videos[1]["frames_jpeg"]))]
     assert out["status"] == ["ok", "failed", "ok", "failed"]
     assert out["reason"][1] == failed["reason"]
     assert out["reason"][3].startswith("pose: error: ValueError: a sampled frame is not a decodable JPEG")

@@ -55,7 +55,8 @@ def test_static_video_gives_no_order_or_direction_questions():
 
 def test_temporal_direction_reversed_shows_frames_backwards():
     row = _row(MOVING)
-    samples = temporal_direction(row, TemporalDirectionConfig(frames=3, samples_per_video=4), CTX,
+    samples = temporal_direction(row, TemporalDirectionConfig(frames=3, samples_per_video=4,
+                                                              min_span_s=0), CTX,
                                  grey_thumbs(row["frames_jpeg"]))
     assert len(samples) == 4
     flags = [json.loads(s["answer_struct"])["reversed"] for s in samples]
@@ -90,3 +91,11 @@ def test_unknown_task_is_rejected():
 
     with pytest.raises(ValueError, match="unknown task"):
         BuildTasksStage(TasksConfig(enabled=["temporal_odrer"]), CTX)
+
+
+def test_temporal_direction_needs_the_minimum_span():
+    # Frames 1/3 s apart: a 3-frame clip spans 0.67 s, under the default 1.5 s.
+    row = _row(MOVING)
+    thumbs = grey_thumbs(row["frames_jpeg"])
+    assert temporal_direction(row, TemporalDirectionConfig(frames=3), CTX, thumbs) == []
+    assert temporal_direction(row, TemporalDirectionConfig(frames=6), CTX, thumbs)

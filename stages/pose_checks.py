@@ -1,0 +1,315 @@
+"""Pose self-consistency: which joints and frames of the subject are fit to ask about.
+
+A geometry answer is only as right as the keypoints it is read from. These checks find the
+skeletons a pose model gets wrong in ways the answer cannot show (docs/label_quality.md):
+
+- `flip_agreement`: the model run on the mirrored frame, mapped back with left/right
+  exchanged, must put each joint where the first run did (`FLIP_TOLERANCE` torso lengths);
+  a joint that moves is unusable, and a skeleton that agrees better with its own mirror
+  image (left and right swapped) has no trustworthy sides at all.
+- `side_flips`: along a track, the body cannot turn from facing one way to the other
+  between two close frames without passing a side view; the frames on the minority side of
+  such an abrupt flip have their left/right swapped.
+- `implausible`: an upright torso with the ankles above the hips or the head below the
+  shoulders, bones far longer than the torso allows, a torso squashed against the shoulder
+  width (the collapsed skeleton of two merged people).
+- `overlaps_other` / `joints_on_others`: a subject overlapping another person (skeleton or
+  person-detector box) enough to confuse parts; joints lying on another person.
+
+Every check is a small pure function on COCO-17 keypoints (17 x [x, y, score], fractions of
+the frame) so the unit tests can call it directly; the pose stage (stages/pose.py) applies
+them. Thresholds were measured on the shared clips and the hand-labelled images
+(bench/label_precision.py), see docs/label_quality.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from proxyqa.core.people import Person, box_iou
+from proxyqa.core.schema import COCO17
+
+J = {name: i for i, name in enumerate(COCO17)}
+# COCO-17 index of each joint's other-side twin (nose and other centre joints map to themselves).
+SWAP = [J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
+        for n in COCO17]
+LIMB_JOINTS = list(range(5, 17))      # shoulders .. ankles: what the questions ask about
+
+FLIP_TOLERANCE = 0.15     # torso lengths a joint may move between the run and the mirrored run
+SIDE_MARGIN = 0.5         # sides are trusted when same-side error < this x swapped-side error
+STRONG_FACING = 0.3       # |orientation| above this: clearly facing toward or away
+FLIP_MAX_GAP_S = 1.0      # a facing reversal faster than this without a side view is a swap
+# Plausibility (measured on the hand labels: bench/label_precision.py --bones)
+# Labelled people (n = 56-75 bones): longest upper arm 0.93 torso lengths, forearm 0.76,
+# thigh 1.51, shin 1.57 (a torso foreshortened by bending); legs left/right at most 1.85x;
+# torso / shoulder width at least 1.03.
+MAX_BONE = {"upper_arm": 1.1, "forearm": 0.95, "thigh": 1.7, "shin": 1.7}   # torso lengths
+MAX_LEG_ASYMMETRY = 2.2        # longer / shorter of the same leg bone, left vs right
+MIN_TORSO_TO_SHOULDERS = 0.7   # torso length / shoulder width of an upright torso
+UPRIGHT_LEAN = 45.0            # degrees: a torso this close to vertical is upright
+
+
+def mirror_back(person: Person) -> np.ndarray:
+    """Keypoints found on the mirrored frame, in the frame's coordinates and the person's sides."""
+    kps = np.asarray(person.keypoints, np.float32)[SWAP].copy()
+    kps[:, 0] = 1.0 - kps[:, 0]
+    return kps
+
+
+def mirror_box(box: Sequence[float]) -> list[float]:
+    return [1.0 - box[2], box[1], 1.0 - box[0], box[3]]
+
+
+def _px(kps: np.ndarray, aspect: float) -> np.ndarray:
+    """x, y in one unit (frame heights): x scaled by the aspect (width / height)."""
+    return np.asarray(kps, float)[:, :2] * [aspect, 1.0]
+
+
+def torso_length(kps: np.ndarray, aspect: float, min_score: float) -> Optional[float]:
+    """Mean shoulder-hip distance over confident sides, in frame heights (None: no side)."""
+    px = _px(kps, aspect)
+    sides = [np.linalg.norm(px[J[f"{s}_shoulder"]] - px[J[f"{s}_hip"]]) for s in ("left", "right")
+             if kps[J[f"{s}_shoulder"], 2] >= min_score and kps[J[f"{s}_hip"], 2] >= min_score]
+    length = float(np.mean(sides)) if sides else 0.0
+    return length if length > 1e-6 else None
+
+
+def flip_agreement(kps: np.ndarray, mirrored: Optional[np.ndarray], aspect: float,
+                   min_score: float, tolerance: float = FLIP_TOLERANCE,
+                   confirm_score: float = 0.7) -> tuple[np.ndarray, bool]:
+    """(joint_ok[17], sides_ok) of one skeleton against the mirrored run's skeleton.
+
+    `mirrored` is the mirrored run's skeleton of the same person already mapped back
+    (`mirror_back`), or None when that run did not find the person: then nothing is
+    confirmed. A joint is ok when both runs give it a score >= `confirm_score` (a
+    joint the model half-sees moves between runs too often; measured on the hand labels)
+    and put it within `tolerance` torso lengths; sides are ok when the limb joints agree with the same-side assignment clearly
+    better (`SIDE_MARGIN`) than with left and right exchanged.
+    """
+    ok = np.zeros(len(COCO17), bool)
+    scale = torso_length(kps, aspect, min_score)
+    if mirrored is None or scale is None:
+        return ok, False
+    a, b = _px(kps, aspect), _px(mirrored, aspect)
+    confirm = max(min_score, confirm_score)
+    conf = (kps[:, 2] >= confirm) & (mirrored[:, 2] >= confirm)
+    dist = np.linalg.norm(a - b, axis=1) / scale
+    ok = conf & (dist <= tolerance)
+    limbs = np.zeros(len(COCO17), bool)
+    limbs[LIMB_JOINTS] = True
+    both = conf & conf[SWAP] & limbs
+    if both.sum() < 4:
+        return ok, False
+    same = float(np.median(dist[both]))
+    swapped = float(np.median(np.linalg.norm(a[SWAP] - b, axis=1)[both] / scale))
+    return ok, same < SIDE_MARGIN * swapped
+
+
+def match_mirrored(person: Person, mirrored: Sequence[Person], min_iou: float = 0.5
+                   ) -> Optional[np.ndarray]:
+    """The mirrored run's skeleton of the same person (best box IoU), mapped back; or None."""
+    best, best_iou = None, min_iou
+    for other in mirrored:
+        iou = box_iou(person.box, mirror_box(other.box))
+        if iou >= best_iou:
+            best, best_iou = other, iou
+    return None if best is None else mirror_back(best)
+
+
+def orientation(kps: np.ndarray, aspect: float, min_score: float) -> Optional[float]:
+    """Which way the body faces, from its own left/right, in shoulder+hip widths per torso.
+
+    The cross product of the torso's up vector (hip midpoint -> shoulder midpoint) with the
+    right-to-left shoulder and hip vectors, over the squared torso length: > 0 when the
+    person's left is on the image right of an upright body (facing the camera), < 0 when
+    seen from behind, near 0 in a side view. None without both shoulders and hips.
+    """
+    need = [J[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+    if np.any(kps[need, 2] < min_score):
+        return None
+    px = _px(kps, aspect)
+    ls, rs, lh, rh = (px[i] for i in need)
+    up = (ls + rs) / 2 - (lh + rh) / 2
+    norm2 = float(up @ up)
+    if norm2 < 1e-12:
+        return None
+    across = (ls - rs) + (lh - rh)
+    return float((up[0] * across[1] - up[1] * across[0]) / 2 / norm2)
+
+
+def side_flips(orients: Sequence[Optional[float]], timestamps: Sequence[float],
+               strong: float = STRONG_FACING, max_gap_s: float = FLIP_MAX_GAP_S) -> list[bool]:
+    """Per frame of one track: True where its left/right are swapped against the track.
+
+    Frames facing clearly one way (|orientation| >= strong) are split into runs of one
+    sign; two runs meet *abruptly* when consecutive strong frames of opposite sign are at
+    most `max_gap_s` apart with no side-view frame (|o| < strong) between them: a real turn
+    passes through a side view. Runs linked by abrupt meetings form a group; in each group
+    the frames of the sign with fewer frames are flagged (ties: both signs, nothing is
+    trusted).
+    """
+    flags = [False] * len(orients)
+    strong_idx = [i for i, o in enumerate(orients) if o is not None and abs(o) >= strong]
+    if len(strong_idx) < 2:
+        return flags
+    groups: list[list[int]] = [[strong_idx[0]]]
+    for prev, cur in zip(strong_idx, strong_idx[1:]):
+        between = [orients[k] for k in range(prev + 1, cur)]
+        side_view = any(o is not None and abs(o) < strong for o in between)
+        flipped = np.sign(orients[prev]) != np.sign(orients[cur])
+        abrupt = flipped and not side_view and timestamps[cur] - timestamps[prev] <= max_gap_s
+        if abrupt or (not flipped and not side_view):
+            groups[-1].append(cur)
+        else:
+            groups.append([cur])
+    for group in groups:
+        pos = [i for i in group if orients[i] > 0]
+        neg = [i for i in group if orients[i] < 0]
+        if not pos or not neg:
+            continue
+        losers = pos + neg if len(pos) == len(neg) else (pos if len(pos) < len(neg) else neg)
+        for i in losers:
+            flags[i] = True
+    return flags
+
+
+def _angle_from_up(vec: np.ndarray) -> float:
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-12:
+        return 0.0
+    return float(np.degrees(np.arccos(np.clip(-vec[1] / norm, -1.0, 1.0))))
+
+
+BONES = {"upper_arm": (("shoulder", "elbow"),), "forearm": (("elbow", "wrist"),),
+         "thigh": (("hip", "knee"),), "shin": (("knee", "ankle"),)}
+
+
+def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[str]:
+    """Why a skeleton cannot be a real body, or None when nothing is wrong.
+
+    - an inverted torso (shoulders under the hips, within UPRIGHT_LEAN of upside down): a
+      handstand is rare, an upside-down skeleton on an upright person is not;
+    - upside down: an upright torso (within UPRIGHT_LEAN of vertical) with a confident
+      ankle above the hip midpoint AND the face below the shoulder midpoint, or with both
+      ankles above the shoulders;
+    - a bone (upper arm, forearm, thigh, shin) longer than MAX_BONE torso lengths: in 2D a
+      bone can look shorter than it is (foreshortened), never longer;
+    - one thigh or shin over MAX_LEG_ASYMMETRY x as long as the other (legs foreshorten
+      alike far more often than arms do);
+    - an upright torso shorter than MIN_TORSO_TO_SHOULDERS x its shoulder width: a body
+      squashed flat (seen in skeletons merged from two people or collapsed into a box).
+    """
+    scale = torso_length(kps, aspect, min_score)
+    if scale is None:
+        return None
+    px = _px(kps, aspect)
+    conf = kps[:, 2] >= min_score
+
+    def ok(*names: str) -> bool:
+        return all(conf[J[n]] for n in names)
+
+    for bone, ((a, b),) in BONES.items():
+        for s in ("left", "right"):
+            ja, jb = f"{s}_{a}", f"{s}_{b}"
+            if ok(ja, jb) and np.linalg.norm(px[J[ja]] - px[J[jb]]) > MAX_BONE[bone] * scale:
+                return f"{s} {bone.replace('_', ' ')} longer than {MAX_BONE[bone]} torso lengths"
+        if bone in ("thigh", "shin") and ok(f"left_{a}", f"left_{b}", f"right_{a}", f"right_{b}"):
+            lengths = sorted(float(np.linalg.norm(px[J[f"{s}_{a}"]] - px[J[f"{s}_{b}"]]))
+                             for s in ("left", "right"))
+            if lengths[1] > 0.5 * scale and lengths[1] > MAX_LEG_ASYMMETRY * lengths[0]:
+                return f"{bone}s differ over {MAX_LEG_ASYMMETRY}x left to right"
+    if not ok("left_shoulder", "right_shoulder", "left_hip", "right_hip"):
+        return None
+    mid_sh = (px[J["left_shoulder"]] + px[J["right_shoulder"]]) / 2
+    mid_hip = (px[J["left_hip"]] + px[J["right_hip"]]) / 2
+    lean = _angle_from_up(mid_sh - mid_hip)
+    if lean > 180.0 - UPRIGHT_LEAN:
+        return "inverted torso: shoulders below the hips"
+    if lean > UPRIGHT_LEAN:
+        return None
+    ankles = [px[J[a]][1] for a in ("left_ankle", "right_ankle") if conf[J[a]]]
+    face = [px[J[f]][1] for f in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+            if conf[J[f]]]
+    if ankles and face and min(ankles) < mid_hip[1] and min(face) > mid_sh[1]:
+        return "upside down: ankle above the hips and face below the shoulders of an upright torso"
+    if len(ankles) == 2 and max(ankles) < mid_sh[1]:
+        return "upside down: both ankles above the shoulders of an upright torso"
+    width = float(np.linalg.norm(px[J["left_shoulder"]] - px[J["right_shoulder"]]))
+    if np.linalg.norm(mid_sh - mid_hip) < MIN_TORSO_TO_SHOULDERS * width:
+        return f"torso squashed: shorter than {MIN_TORSO_TO_SHOULDERS} x the shoulder width"
+    return None
+
+
+def overlaps_other(box: Sequence[float], others: Sequence[Sequence[float]],
+                   max_iou: float) -> bool:
+    """Whether the subject box overlaps another person's box by more than `max_iou` IoU,
+    or holds its centre: parts of the two are then easily confused."""
+    for other in others:
+        cx, cy = (other[0] + other[2]) / 2, (other[1] + other[3]) / 2
+        inside = box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+        if box_iou(box, other) > max_iou or inside:
+            return True
+    return False
+
+
+def joints_on_others(kps: np.ndarray, own_box: Sequence[float],
+                     others: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per joint: True where it lies inside another person's box and outside the subject's
+    own torso region (the box of its shoulders and hips grown by half its size)."""
+    xy = np.asarray(kps, float)[:, :2]
+    on = np.zeros(len(xy), bool)
+    for x1, y1, x2, y2 in others:
+        on |= (xy[:, 0] >= x1) & (xy[:, 0] <= x2) & (xy[:, 1] >= y1) & (xy[:, 1] <= y2)
+    core = xy[[J["left_shoulder"], J["right_shoulder"], J["left_hip"], J["right_hip"]]]
+    lo, hi = core.min(0), core.max(0)
+    pad = (hi - lo) / 2
+    near = np.all((xy >= lo - pad) & (xy <= hi + pad), axis=1)
+    return on & ~near
+
+
+PARTIAL_HEIGHT = 0.5   # a skeleton box shorter than this x the detector box around it is partial
+
+
+def explained(det: Sequence[float], skeleton_boxes: Sequence[Sequence[float]]) -> Optional[int]:
+    """Index of the skeleton box a detector box belongs to (IoU > 0.3 or either's centre
+    inside the other), or None: a person the pose model missed."""
+    dcx, dcy = (det[0] + det[2]) / 2, (det[1] + det[3]) / 2
+    for i, box in enumerate(skeleton_boxes):
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        if (box_iou(det, box) > 0.3 or (box[0] <= dcx <= box[2] and box[1] <= dcy <= box[3])
+                or (det[0] <= cx <= det[2] and det[1] <= cy <= det[3])):
+            return i
+    return None
+
+
+def partial_body(box: Sequence[float], detections: Sequence[Sequence[float]]) -> bool:
+    """Whether a detector box around the skeleton's centre is over twice as tall as it: the
+    skeleton covers only part of the person (a collapsed or half-found body)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    height = box[3] - box[1]
+    for det in detections:
+        if det[0] <= cx <= det[2] and det[1] <= cy <= det[3] and box_iou(box, det) > 0.0:
+            if height < PARTIAL_HEIGHT * (det[3] - det[1]):
+                return True
+    return False
+
+
+def pose_change(kps_a: np.ndarray, kps_b: np.ndarray, aspect: float, min_score: float,
+                min_joints: int = 5) -> Optional[float]:
+    """Mean joint displacement between two skeletons in torso lengths, the smaller of the
+    same-side and the left/right-exchanged reading (a mirrored frame is not motion).
+    None when either has no torso or fewer than `min_joints` joints are confident in both."""
+    sa, sb = torso_length(kps_a, aspect, min_score), torso_length(kps_b, aspect, min_score)
+    if sa is None or sb is None:
+        return None
+    a, b = _px(kps_a, aspect), _px(kps_b, aspect)
+    best = None
+    for order in (list(range(len(COCO17))), SWAP):
+        both = (kps_a[order, 2] >= min_score) & (kps_b[:, 2] >= min_score)
+        if both.sum() < min_joints:
+            continue
+        d = float(np.linalg.norm(a[order][both] - b[both], axis=1).mean() / ((sa + sb) / 2))
+        best = d if best is None else min(best, d)
+    return best

@@ -1,0 +1,114 @@
+"""The pose self-consistency checks (stages/pose_checks.py) on hand-made skeletons."""
+from __future__ import annotations
+
+import numpy as np
+
+from proxyqa.core.people import Person
+from proxyqa.stages import pose_checks as chk
+from proxyqa.stages.tasks_temporal import one_way
+
+
+def standing(facing_camera: bool = True, x0: float = 0.5) -> np.ndarray:
+    """An upright skeleton (fractions of a square frame); facing the camera puts the
+    person's left on the image right."""
+    s = 1.0 if facing_camera else -1.0
+    pts = {
+        "nose": (0, 0.15), "left_eye": (0.01 * s, 0.14), "right_eye": (-0.01 * s, 0.14),
+        "left_ear": (0.02 * s, 0.15), "right_ear": (-0.02 * s, 0.15),
+        "left_shoulder": (0.06 * s, 0.25), "right_shoulder": (-0.06 * s, 0.25),
+        "left_elbow": (0.08 * s, 0.37), "right_elbow": (-0.08 * s, 0.37),
+        "left_wrist": (0.09 * s, 0.48), "right_wrist": (-0.09 * s, 0.48),
+        "left_hip": (0.04 * s, 0.5), "right_hip": (-0.04 * s, 0.5),
+        "left_knee": (0.05 * s, 0.68), "right_knee": (-0.05 * s, 0.68),
+        "left_ankle": (0.05 * s, 0.86), "right_ankle": (-0.05 * s, 0.86),
+    }
+    from proxyqa.core.schema import COCO17
+    return np.array([[x0 + pts[n][0], pts[n][1], 0.9] for n in COCO17], np.float32)
+
+
+def test_mirror_back_of_a_mirrored_skeleton_is_the_skeleton():
+    kps = standing()
+    mirrored = kps[chk.SWAP].copy()
+    mirrored[:, 0] = 1 - mirrored[:, 0]
+    back = chk.mirror_back(Person(box=[0, 0, 1, 1], score=1.0, keypoints=mirrored))
+    np.testing.assert_allclose(back, kps, atol=1e-6)
+
+
+def test_flip_agreement_keeps_agreeing_joints_and_rejects_swapped_sides():
+    kps = standing()
+    ok, sides = chk.flip_agreement(kps, kps.copy(), 1.0, 0.5)
+    assert ok[5:].all() and sides
+    moved = kps.copy()
+    moved[9, :2] += [0.1, 0.0]                      # the left wrist lands elsewhere
+    ok, sides = chk.flip_agreement(kps, moved, 1.0, 0.5)
+    assert not ok[9] and ok[10] and sides
+    swapped = kps[chk.SWAP].copy()                  # the mirrored run reads the sides the other way
+    assert chk.flip_agreement(kps, swapped, 1.0, 0.5)[1] is False
+    assert chk.flip_agreement(kps, None, 1.0, 0.5)[1] is False
+    weak = kps.copy()
+    weak[9, 2] = 0.6                                # below the confirm score: not confirmed
+    assert not chk.flip_agreement(kps, weak, 1.0, 0.5, confirm_score=0.7)[0][9]
+
+
+def test_orientation_tells_facing_from_behind():
+    assert chk.orientation(standing(True), 1.0, 0.5) > chk.STRONG_FACING
+    assert chk.orientation(standing(False), 1.0, 0.5) < -chk.STRONG_FACING
+
+
+def test_side_flips_flags_the_minority_of_an_abrupt_reversal():
+    o = [0.6, 0.6, -0.6, -0.6, 0.6, 0.6, 0.6]
+    ts = [0.1 * i for i in range(len(o))]
+    assert chk.side_flips(o, ts) == [False, False, True, True, False, False, False]
+
+
+def test_side_flips_leaves_a_real_turn_through_a_side_view():
+    o = [0.6, 0.6, 0.1, -0.6, -0.6]
+    assert chk.side_flips(o, [0.1 * i for i in range(5)]) == [False] * 5
+
+
+def test_implausible_skeletons():
+    assert chk.implausible(standing(), 1.0, 0.5) is None
+    upside_down = standing()
+    upside_down[:, 1] = 1.0 - upside_down[:, 1]      # head at the bottom: torso inverted
+    assert "inverted" in chk.implausible(upside_down, 1.0, 0.5)
+    long_arm = standing()
+    long_arm[9, :2] = [0.9, 0.37]                    # a forearm longer than the torso
+    assert "forearm" in chk.implausible(long_arm, 1.0, 0.5)
+    squashed = standing()
+    squashed[5, 0], squashed[6, 0] = 0.7, 0.3       # shoulders wider than the torso is long
+    assert "squashed" in chk.implausible(squashed, 1.0, 0.5)
+
+
+def test_overlap_and_joints_on_others():
+    me = [0.4, 0.1, 0.6, 0.9]
+    assert chk.overlaps_other(me, [[0.45, 0.1, 0.65, 0.9]], 0.3)
+    assert not chk.overlaps_other(me, [[0.7, 0.1, 0.9, 0.9]], 0.3)
+    kps = standing()
+    kps[10, :2] = [0.8, 0.48]                         # the right wrist reaches another person
+    on = chk.joints_on_others(kps, me, [[0.75, 0.1, 0.95, 0.9]])
+    assert on[10] and on.sum() == 1
+
+
+def test_person_missed_by_the_skeleton_model_is_counted():
+    skeletons = [[0.4, 0.1, 0.6, 0.9]]
+    assert chk.explained([0.38, 0.05, 0.62, 0.95], skeletons) == 0
+    assert chk.explained([0.7, 0.1, 0.9, 0.9], skeletons) is None
+    assert chk.partial_body([0.4, 0.5, 0.6, 0.8], [[0.38, 0.05, 0.62, 0.95]])
+    assert not chk.partial_body([0.4, 0.1, 0.6, 0.9], [[0.38, 0.05, 0.62, 0.95]])
+
+
+def test_pose_change_ignores_a_left_right_swap():
+    kps = standing()
+    assert chk.pose_change(kps, kps[chk.SWAP].copy(), 1.0, 0.5) == 0.0
+    raised = kps.copy()
+    raised[[7, 9], 1] -= 0.3
+    assert chk.pose_change(kps, raised, 1.0, 0.5) > 0.1
+
+
+def test_one_way_rejects_a_pose_that_returns():
+    # pose_motion stand-in: poses on a line; position p of frame k is path[k].
+    def motion(path):
+        return lambda row, a, b: abs(path[b] - path[a])
+    assert one_way({}, [0, 1, 2, 3], motion([0.0, 0.4, 0.8, 1.2]), 0.3)
+    assert not one_way({}, [0, 1, 2, 3], motion([0.0, 0.4, 0.8, 0.4]), 0.3)   # comes back
+    assert not one_way({}, [0, 1, 2, 3], motion([0.0, 0.1, 0.8, 1.2]), 0.3)   # a step too small
