@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -90,18 +91,35 @@ def to_pixels(keypoints: Sequence[Sequence[float]], width: int, height: int) -> 
     return arr
 
 
-class _Pose:
-    """One frame's pixel keypoints with score gating."""
+class Pose:
+    """One frame's keypoints, parsed once: pixels, score gating, and the body scale and joint
+    angles computed on first use. Every public function below takes either raw keypoints
+    (17 x [x, y, score], normalised) or a Pose; a caller asking several questions of one
+    frame parses it once with `Pose(keypoints, width, height, min_score)`."""
 
     def __init__(self, keypoints, width: int, height: int, min_score: float):
-        self.px = to_pixels(keypoints, width, height)
-        self.min_score = min_score
+        self.norm = np.asarray(keypoints, dtype=float).reshape(len(COCO17), 3)
+        self.px = to_pixels(self.norm, width, height)
+        self.width, self.height, self.min_score = width, height, min_score
 
     def ok(self, *names: str) -> bool:
         return all(self.px[J[n], 2] >= self.min_score for n in names)
 
     def p(self, name: str) -> np.ndarray:
         return self.px[J[name], :2]
+
+    @cached_property
+    def scale(self) -> Optional[float]:
+        return _scale(self)
+
+    @cached_property
+    def angles(self) -> dict[str, float]:
+        return _angles(self)
+
+
+def pose_of(keypoints, width: int, height: int, min_score: float) -> Pose:
+    """`keypoints` parsed, or the Pose itself when given one (its own size and gate hold)."""
+    return keypoints if isinstance(keypoints, Pose) else Pose(keypoints, width, height, min_score)
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> Optional[float]:
@@ -113,7 +131,7 @@ def _angle(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float(np.degrees(np.arccos(cos)))
 
 
-def _scale(pose: _Pose) -> Optional[float]:
+def _scale(pose: Pose) -> Optional[float]:
     lengths = [float(np.linalg.norm(pose.p(f"{s}_shoulder") - pose.p(f"{s}_hip")))
                for s in SIDES if pose.ok(f"{s}_shoulder", f"{s}_hip")]
     scale = float(np.mean(lengths)) if lengths else 0.0
@@ -122,10 +140,10 @@ def _scale(pose: _Pose) -> Optional[float]:
 
 def body_scale(keypoints, width: int, height: int, min_score: float) -> Optional[float]:
     """Torso length in pixels: mean |shoulder - hip| over the sides where both are confident."""
-    return _scale(_Pose(keypoints, width, height, min_score))
+    return pose_of(keypoints, width, height, min_score).scale
 
 
-def _angles(pose: _Pose) -> dict[str, float]:
+def _angles(pose: Pose) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def put(key: str, value: Optional[float]) -> None:
@@ -161,7 +179,7 @@ def joint_angles(keypoints, width: int, height: int, min_score: float) -> dict[s
     `<side>_thigh` hip->knee from image-down (0 = thigh vertical, 90 = horizontal);
     `torso_lean` hip-mid->shoulder-mid from image-up (0 = upright).
     """
-    return _angles(_Pose(keypoints, width, height, min_score))
+    return dict(pose_of(keypoints, width, height, min_score).angles)
 
 
 def _above(value: float, threshold: float, margin: float) -> Tri:
@@ -189,17 +207,17 @@ def _all(*values: Tri) -> Tri:
     return True if all(v is True for v in values) else None
 
 
-def _head_y(pose: _Pose) -> Optional[float]:
+def _head_y(pose: Pose) -> Optional[float]:
     ys = [pose.p(n)[1] for n in HEAD if pose.ok(n)]
     return float(min(ys)) if ys else None
 
 
-def _segments_ok(pose: _Pose, names: tuple[str, str, str], min_len: float, scale: float) -> bool:
+def _segments_ok(pose: Pose, names: tuple[str, str, str], min_len: float, scale: float) -> bool:
     a, b, c = (pose.p(n) for n in names)
     return min(np.linalg.norm(b - a), np.linalg.norm(c - b)) >= min_len * scale
 
 
-def _arm_truths(pose: _Pose, side: str, angles: dict, scale: float, r: Rules) -> dict[str, Tri]:
+def _arm_truths(pose: Pose, side: str, angles: dict, scale: float, r: Rules) -> dict[str, Tri]:
     sh, el, wr = f"{side}_shoulder", f"{side}_elbow", f"{side}_wrist"
     truths: dict[str, Tri] = {s: None for s in ARM_STATES}
     head_y, lean = _head_y(pose), angles.get("torso_lean")
@@ -223,7 +241,7 @@ def _arm_truths(pose: _Pose, side: str, angles: dict, scale: float, r: Rules) ->
     return truths
 
 
-def _leg_truths(pose: _Pose, side: str, angles: dict, scale: float, r: Rules) -> dict[str, Tri]:
+def _leg_truths(pose: Pose, side: str, angles: dict, scale: float, r: Rules) -> dict[str, Tri]:
     truths: dict[str, Tri] = {s: None for s in LEG_STATES}
     knee, hip, thigh = (angles.get(f"{side}_{k}") for k in ("knee", "hip", "thigh"))
     names = (f"{side}_hip", f"{side}_knee", f"{side}_ankle")
@@ -264,11 +282,11 @@ def _torso_truths(angles: dict, r: Rules) -> dict[str, Tri]:
 def state_truths(keypoints, width: int, height: int, min_score: float,
                  rules: Rules = DEFAULT_RULES) -> dict[str, dict[str, Tri]]:
     """For every part, every state: True, False, or None (unknown / within a margin)."""
-    pose = _Pose(keypoints, width, height, min_score)
-    scale = _scale(pose)
+    pose = pose_of(keypoints, width, height, min_score)
+    scale = pose.scale
     if scale is None:
         return {part: {s: None for s in states} for part, states in PART_STATES.items()}
-    angles = _angles(pose)
+    angles = pose.angles
     out = {f"{s}_arm": _arm_truths(pose, s, angles, scale, rules) for s in SIDES}
     out.update({f"{s}_leg": _leg_truths(pose, s, angles, scale, rules) for s in SIDES})
     out["torso"] = _torso_truths(angles, rules)
@@ -289,8 +307,8 @@ def part_states(keypoints, width: int, height: int, min_score: float,
 def relations(keypoints, width: int, height: int, min_score: float,
               rules: Rules = DEFAULT_RULES) -> dict[str, bool]:
     """Definite relational facts (absent when unmeasurable or within a margin)."""
-    pose = _Pose(keypoints, width, height, min_score)
-    scale = _scale(pose)
+    pose = pose_of(keypoints, width, height, min_score)
+    scale = pose.scale
     if scale is None:
         return {}
     r, m = rules, rules.position_margin * scale
@@ -309,7 +327,7 @@ def relations(keypoints, width: int, height: int, min_score: float,
     if pose.ok("left_ankle", "right_ankle"):
         gap = np.linalg.norm(pose.p("left_ankle") - pose.p("right_ankle")) / scale
         facts["feet_apart"] = _above(gap, r.feet_apart, r.position_margin)
-    angles = _angles(pose)
+    angles = pose.angles
     if "torso_lean" in angles:
         facts["torso_leaning"] = _above(angles["torso_lean"], r.lean_upright, r.angle_margin)
     if "left_knee" in angles and "right_knee" in angles:
@@ -355,8 +373,8 @@ def joint_motion(kps_a, kps_b, width: int, height: int, min_score: float,
     Body size = mean torso length of the two frames; the hip midpoint (both hips confident
     in both frames) is the reference of relative motion. Empty if either is missing.
     """
-    a, b = _Pose(kps_a, width, height, min_score), _Pose(kps_b, width, height, min_score)
-    sa, sb = _scale(a), _scale(b)
+    a, b = pose_of(kps_a, width, height, min_score), pose_of(kps_b, width, height, min_score)
+    sa, sb = a.scale, b.scale
     hips = ("left_hip", "right_hip")
     if sa is None or sb is None or not (a.ok(*hips) and b.ok(*hips)):
         return {}
@@ -394,8 +412,8 @@ def pose_motion(kps_a, kps_b, width: int, height: int, min_score: float,
 
     None when either frame has no body size or fewer than `min_motion_joints` joints match.
     """
-    a, b = _Pose(kps_a, width, height, min_score), _Pose(kps_b, width, height, min_score)
-    sa, sb = _scale(a), _scale(b)
+    a, b = pose_of(kps_a, width, height, min_score), pose_of(kps_b, width, height, min_score)
+    sa, sb = a.scale, b.scale
     if sa is None or sb is None:
         return None
     both = (a.px[:, 2] >= min_score) & (b.px[:, 2] >= min_score)
@@ -408,11 +426,12 @@ def pose_motion(kps_a, kps_b, width: int, height: int, min_score: float,
 def facts(keypoints, width: int, height: int, min_score: float,
           rules: Rules = DEFAULT_RULES) -> dict:
     """All single-frame posecodes of one frame (for prompts and verification)."""
+    pose = pose_of(keypoints, width, height, min_score)
     return {
-        "body_scale_px": body_scale(keypoints, width, height, min_score),
-        "angles": joint_angles(keypoints, width, height, min_score),
-        "relations": relations(keypoints, width, height, min_score, rules),
-        "states": part_states(keypoints, width, height, min_score, rules),
+        "body_scale_px": pose.scale,
+        "angles": dict(pose.angles),
+        "relations": relations(pose, width, height, min_score, rules),
+        "states": part_states(pose, width, height, min_score, rules),
     }
 
 
@@ -443,7 +462,7 @@ def _inside(xy_norm: np.ndarray, edge: float) -> bool:
     return bool(np.all(xy_norm >= edge) and np.all(xy_norm <= 1.0 - edge))
 
 
-def _sides_apart(pose: _Pose, names: Sequence[str], scale: float, min_sep: float) -> bool:
+def _sides_apart(pose: Pose, names: Sequence[str], scale: float, min_sep: float) -> bool:
     """Every left/right joint's twin is confident and at least min_sep body sizes away."""
     for name in names:
         twin = _twin(name)
@@ -458,11 +477,11 @@ def joint_point(keypoints, width: int, height: int, joint: str, min_score: float
                 edge_margin: float = 0.01, min_side_separation: float = 0.15
                 ) -> Optional[list[float]]:
     """[x, y] (0-1) of a confident joint inside the frame whose side is unambiguous."""
-    pose = _Pose(keypoints, width, height, min_score)
-    scale = _scale(pose)
+    pose = pose_of(keypoints, width, height, min_score)
+    scale = pose.scale
     if scale is None or not pose.ok(joint):
         return None
-    xy = np.asarray(keypoints, dtype=float)[J[joint], :2]
+    xy = pose.norm[J[joint], :2]
     if not _inside(xy, edge_margin) or not _sides_apart(pose, [joint], scale, min_side_separation):
         return None
     return [float(xy[0]), float(xy[1])]
@@ -473,11 +492,11 @@ def limb_box(keypoints, width: int, height: int, limb: str, min_score: float,
              ) -> Optional[list[float]]:
     """[x1, y1, x2, y2] (0-1): the limb's three joints padded by LIMB_BOX_PAD body sizes."""
     names = LIMBS[limb]
-    pose = _Pose(keypoints, width, height, min_score)
-    scale = _scale(pose)
+    pose = pose_of(keypoints, width, height, min_score)
+    scale = pose.scale
     if scale is None or not pose.ok(*names):
         return None
-    norm = np.asarray(keypoints, dtype=float)[[J[n] for n in names], :2]
+    norm = pose.norm[[J[n] for n in names], :2]
     # Shoulders/hips may overlap in a side view; the limb is told apart by its far joints.
     if not _inside(norm, edge_margin) or not _sides_apart(pose, names[1:], scale,
                                                           min_side_separation):

@@ -114,16 +114,24 @@ def motion_compare(row: dict, cfg: MotionCompareConfig, ctx: RunContext,
     rules = motion_rules(cfg)
     first_kind = int(rng.integers(len(cfg.kinds)))
     samples, asked = [], set()
+    poses: dict[int, pc.Pose] = {}
+
+    def pose_at(pos: int) -> pc.Pose:   # each frame parsed once, however many pairs use it
+        if pos not in poses:
+            poses[pos] = pc.Pose(kps[pos], w, h, min_score)
+        return poses[pos]
+
     for idx in rng.permutation(len(pairs))[:MAX_PAIRS]:
         if len(samples) >= cfg.samples_per_video:
             break
         a, b = pairs[idx]
-        moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
+        pose_a, pose_b = pose_at(a), pose_at(b)
+        moved = pc.pose_motion(pose_a, pose_b, w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
             continue
         if not same_facing(kps[a], kps[b], aspect, min_score):
             continue
-        motion = pc.joint_motion(kps[a], kps[b], w, h, min_score, rules)
+        motion = pc.joint_motion(pose_a, pose_b, w, h, min_score, rules)
         who = subject_phrase(row, subject, [a, b], "0_1000")
         # Rotate the preferred question kind so a video's questions are mixed.
         start = first_kind + len(samples)

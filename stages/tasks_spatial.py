@@ -102,7 +102,7 @@ def spatial_grounding(row: dict, cfg: SpatialGroundingConfig, ctx: RunContext,
     w, h = int(row["width"]), int(row["height"])
     cands: list[Candidate] = []
     for pos in subject.usable_frames():   # frames that passed the pose checks
-        kps = subject.keypoints[pos]
+        kps = pc.Pose(subject.keypoints[pos], w, h, min_score)   # parsed once per frame
         if "point" in cfg.kinds:
             for joint in pc.GROUND_JOINTS:
                 pt = pc.joint_point(kps, w, h, joint, min_score, cfg.edge_margin,

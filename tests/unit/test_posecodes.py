@@ -265,3 +265,26 @@ def test_state_agreement_counts_only_where_both_label():
                                      "pred": "hanging down by the side",
                                      "gt": "raised above the head"}]
     assert mod.state_agreement([], MS)["rate"] is None
+
+
+def test_one_parsed_pose_gives_what_the_raw_keypoints_give():
+    # A frame parsed once (pc.Pose) answers every question exactly as its raw keypoints do.
+    import random
+
+    from proxyqa.stages import posecodes as pc
+
+    rng = random.Random(3)
+    for _ in range(20):
+        arms = ((rng.uniform(0, 180), rng.uniform(60, 180)), (rng.uniform(0, 180), rng.uniform(60, 180)))
+        kps = normalise(make_pose_px(arms=arms), 1000, 1100)
+        pose = pc.Pose(kps, 1000, 1100, 0.5)
+        assert pc.facts(pose, 1000, 1100, 0.5) == pc.facts(kps, 1000, 1100, 0.5)
+        assert pc.state_truths(pose, 1000, 1100, 0.5) == pc.state_truths(kps, 1000, 1100, 0.5)
+        for joint in pc.GROUND_JOINTS:
+            assert pc.joint_point(pose, 1000, 1100, joint, 0.5) == pc.joint_point(kps, 1000, 1100, joint, 0.5)
+        for limb in pc.LIMBS:
+            assert pc.limb_box(pose, 1000, 1100, limb, 0.5) == pc.limb_box(kps, 1000, 1100, limb, 0.5)
+        other = normalise(make_pose_px(arms=((10, 175), (10, 175))), 1000, 1100)
+        assert pc.joint_motion(pose, other, 1000, 1100, 0.5) == pc.joint_motion(kps, other, 1000, 1100, 0.5)
+        assert pc.pose_of(pose, 1, 1, 0.9) is pose
+        assert pose.angles is pose.angles   # computed once
