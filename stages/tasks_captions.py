@@ -29,9 +29,14 @@ def _voice(row: dict, task: str, key: str, seed: int) -> cap.Voice:
     return cap.Voice(f"{row.get('content_id') or row['video_id']}|{task}|{key}|{seed}")
 
 
-def _frame_facts(row: dict, subject, min_score: float) -> dict[int, cap.PoseFacts]:
+def caption_rules(cfg: CaptionTaskConfig | MatchTaskConfig) -> pc.Rules:
+    """The documented rules with the captions' (stricter) margins."""
+    return pc.Rules(angle_margin=cfg.angle_margin, position_margin=cfg.position_margin)
+
+
+def _frame_facts(row: dict, subject, min_score: float, rules: pc.Rules) -> dict[int, cap.PoseFacts]:
     w, h = int(row["width"]), int(row["height"])
-    return {pos: cap.pose_facts(subject.keypoints[pos], w, h, min_score)
+    return {pos: cap.pose_facts(subject.keypoints[pos], w, h, min_score, rules)
             for pos in subject.frames()}
 
 
@@ -48,7 +53,7 @@ def pose_description(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
     subject = subject_of(row)
     if subject is None or cfg.generator != "rules" or cfg.samples_per_video == 0:
         return []
-    facts = _frame_facts(row, subject, min_score)
+    facts = _frame_facts(row, subject, min_score, caption_rules(cfg))
     cands: list[Candidate] = [(pos, "|".join(sorted(f.states.values())), {"facts": f})
                               for pos, f in facts.items() if len(f) >= cfg.min_facts]
     rng = rng_for(row, "pose_description", ctx.seed)
@@ -82,7 +87,7 @@ def pose_difference(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
         moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
             continue
-        f = cap.change_facts(kps[a], kps[b], w, h, min_score)
+        f = cap.change_facts(kps[a], kps[b], w, h, min_score, caption_rules(cfg))
         if len(f) < cfg.min_facts:
             continue
         used |= {a, b}
@@ -146,9 +151,10 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     rng = rng_for(row, "description_match", ctx.seed)
+    rules = caption_rules(cfg)
     cands: list[Candidate] = []
-    for pos, facts in _frame_facts(row, subject, min_score).items():
-        false = cap.definitely_false(subject.keypoints[pos], w, h, min_score)
+    for pos, facts in _frame_facts(row, subject, min_score, rules).items():
+        false = cap.definitely_false(subject.keypoints[pos], w, h, min_score, rules)
         for key, c in _match_candidates(facts, false, rng, cfg.min_facts):
             cands.append((pos, key, {**c, "relations": facts.relations}))
     samples = []
@@ -205,13 +211,14 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
         return []
     w, h, kps = int(row["width"]), int(row["height"]), subject.keypoints
     rng = rng_for(row, "change_match", ctx.seed)
+    rules = caption_rules(cfg)
     cands: list[Candidate] = []
     for a, b in _pairs(row, subject, rng):
         moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
             continue
-        motion = pc.joint_motion(kps[a], kps[b], w, h, min_score)
-        f = cap.change_facts(kps[a], kps[b], w, h, min_score)
+        motion = pc.joint_motion(kps[a], kps[b], w, h, min_score, rules)
+        f = cap.change_facts(kps[a], kps[b], w, h, min_score, rules)
         for key, c in _change_candidates(f, motion, cfg, rng):
             cands.append((a * 1000 + b, key, {**c, "pair": (a, b)}))
     samples = []
@@ -235,10 +242,11 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
     return samples
 
 
-def frame_caption(keypoints, width: int, height: int, min_score: float,
-                  seed: str) -> Optional[tuple[str, list[dict]]]:
+def frame_caption(keypoints, width: int, height: int, min_score: float, seed: str,
+                  rules: pc.Rules = pc.Rules(angle_margin=15.0, position_margin=0.15)
+                  ) -> Optional[tuple[str, list[dict]]]:
     """(caption, facts) of one frame, or None without facts: the MLLM rewrite's draft."""
-    f = cap.pose_facts(keypoints, width, height, min_score)
+    f = cap.pose_facts(keypoints, width, height, min_score, rules)
     if not len(f):
         return None
     return cap.describe_pose(f.states, f.relations, cap.Voice(seed)), f.as_list()

@@ -246,6 +246,17 @@ class CaptionTaskConfig(Strict):
         description="pose_difference (rules): mean subject keypoint motion (body-size units) "
         "the two frames must differ by.",
     )
+    angle_margin: float = Field(
+        15.0, ge=10.0,
+        description="Degrees a joint angle must clear its threshold by for a caption fact (and "
+        "for a wrong option to count as definitely false); stricter than the documented 10 on "
+        "purpose (docs/captions.md); may be raised.",
+    )
+    position_margin: float = Field(
+        0.15, ge=0.1,
+        description="Body-size units a position must clear its threshold by, for captions; "
+        "may be raised.",
+    )
 
 
 class MatchTaskConfig(Strict):
@@ -259,6 +270,17 @@ class MatchTaskConfig(Strict):
         0.1, ge=0.0,
         description="change_match: mean subject keypoint motion (body-size units) the two "
         "frames must differ by.",
+    )
+    angle_margin: float = Field(
+        15.0, ge=10.0,
+        description="Degrees a joint angle must clear its threshold by for a caption fact (and "
+        "for a wrong option to count as definitely false); stricter than the documented 10 on "
+        "purpose (docs/captions.md); may be raised.",
+    )
+    position_margin: float = Field(
+        0.15, ge=0.1,
+        description="Body-size units a position must clear its threshold by, for captions; "
+        "may be raised.",
     )
 
 
