@@ -242,9 +242,12 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
     return samples
 
 
+# The caption margins of the config's defaults (tasks.pose_description.angle_margin, ...).
+DRAFT_RULES = pc.Rules(angle_margin=15.0, position_margin=0.15)
+
+
 def frame_caption(keypoints, width: int, height: int, min_score: float, seed: str,
-                  rules: pc.Rules = pc.Rules(angle_margin=15.0, position_margin=0.15)
-                  ) -> Optional[tuple[str, list[dict]]]:
+                  rules: pc.Rules = DRAFT_RULES) -> Optional[tuple[str, list[dict]]]:
     """(caption, facts) of one frame, or None without facts: the MLLM rewrite's draft."""
     f = cap.pose_facts(keypoints, width, height, min_score, rules)
     if not len(f):
