@@ -81,10 +81,11 @@ def blind(rows: list[dict]) -> dict:
             opts = s["choice_facts"]
             keys = [{_key(f) for f in o} for o in opts]
 
-            def best(scores: list[float]) -> float:   # expected hit rate, ties split evenly
+            def best(scores: list[float], index: int = s["index"]) -> float:
+                """Expected hit rate of picking the top score, ties split evenly."""
                 top = max(scores)
                 tied = [i for i, v in enumerate(scores) if v == top]
-                return (s["index"] in tied) / len(tied)
+                return (index in tied) / len(tied)
 
             hits["typical"] += best([sum(math.log(1 + freq[k]) for k in ks) for ks in keys])
             hits["medoid"] += best([sum(len(ks & kt) for kt in keys) for ks in keys])
