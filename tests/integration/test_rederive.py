@@ -438,13 +438,13 @@ def check_caption_row(row):
             if i == s["index"]:
                 continue
             edited = [f for f in facts if json.dumps(f, sort_keys=True) not in truth]
-            assert 1 <= len(edited) <= 2, edited     # one statement: a part, or a side pair
-            assert any(caption_fact_truth(row, f) is False for f in edited), edited
+            # each slot's wrong value (another frame's) changes only facts False on this row
+            assert edited and all(caption_fact_truth(row, f) is False for f in edited), edited
             assert all(caption_fact_truth(row, f) in (True, False) for f in facts)
 
 
 def test_rederive_caption_rows():
-    rows = _build_captions(_random_rows(24))
+    rows = _build_captions(_random_rows(60))  # description_match abstains often (docs/captions.md)
     by_task = {t: [r for r in rows if r["task"] == t] for t in CAPTION_TASKS}
     assert all(len(v) >= 10 for v in by_task.values()), {t: len(v) for t, v in by_task.items()}
     for row in rows:
@@ -452,7 +452,7 @@ def test_rederive_caption_rows():
 
 
 def test_caption_checker_rejects_a_false_fact():
-    rows = [r for r in _build_captions(_random_rows(8, seed=11)) if r["task"] == "description_match"]
+    rows = [r for r in _build_captions(_random_rows(40, seed=11)) if r["task"] == "description_match"]
     assert rows
     for row in rows:
         s = json.loads(row["answer_struct"])
@@ -496,6 +496,8 @@ def test_rederive_caption_rows_of_a_real_clip(clips_dir):
     batch = PoseStage(cfg.pose)(batch)
     batch = BuildTasksStage(cfg.tasks, RunContext("r", "h", 0), MIN_SCORE)(batch)
     rows = _written([s for samples in batch["samples"] for s in samples])
-    assert {r["task"] for r in rows} >= {"pose_description", "description_match"}, rows
+    # description_match abstains on these nearly static clips (no frame with two body regions
+    # whose state differs in another frame: docs/captions.md); its facts are checked above.
+    assert {r["task"] for r in rows} >= {"pose_description", "change_match"}, rows
     for row in rows:
         check_caption_row(row)
