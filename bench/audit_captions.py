@@ -38,23 +38,32 @@ from tests.helpers import read_run  # noqa: E402
 MATCH = ("description_match", "change_match")
 
 
-def render(row: dict, path: Path) -> None:
+def render(row: dict, path: Path | None = None) -> np.ndarray:
+    """The shown image(s) with the subject box and the answer under it, wrapped to the canvas
+    (at least 900 px wide): for a multiple-choice row every option, the answer marked [x]."""
     imgs = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in row["images"]]
-    imgs = [cv2.resize(i, (int(i.shape[1] * 360 / i.shape[0]), 360)) for i in imgs]
+    imgs = [cv2.resize(i, (int(i.shape[1] * 420 / i.shape[0]), 420)) for i in imgs]
     for img in imgs:
         if row["subject_box"]:
             x1, y1, x2, y2 = row["subject_box"]
             w, h = img.shape[1], img.shape[0]
             cv2.rectangle(img, (int(x1 * w), int(y1 * h)), (int(x2 * w), int(y2 * h)), (0, 255, 0), 2)
     strip = np.concatenate(imgs, axis=1)
+    width = max(900, strip.shape[1])
+    strip = np.pad(strip, ((0, 0), (0, width - strip.shape[1]), (0, 0)), constant_values=255)
+    paras = ([("[x] " if c == row["answer"] else "[ ] ") + c for c in row["choices"]]
+             if row.get("choices") else row["answer"].split("\n"))
     lines = []
-    for para in row["answer"].split("\n"):
-        lines += textwrap.wrap(para, width=max(40, strip.shape[1] // 9))
-    pad = np.full((24 + 22 * len(lines), strip.shape[1], 3), 255, np.uint8)
+    for para in paras:
+        lines += textwrap.wrap(para, width=width // 10, subsequent_indent="    ")
+    pad = np.full((24 + 24 * len(lines), width, 3), 255, np.uint8)
     for i, line in enumerate(lines):
-        cv2.putText(pad, line, (6, 20 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+        cv2.putText(pad, line, (6, 20 + 24 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1,
                     cv2.LINE_AA)
-    cv2.imwrite(str(path), np.concatenate([strip, pad], axis=0))
+    out = np.concatenate([strip, pad], axis=0)
+    if path is not None:
+        cv2.imwrite(str(path), out)
+    return out
 
 
 def _key(fact: dict) -> str:
