@@ -50,9 +50,12 @@ class MLLMPlanner:
                       if t in self.tasks or (t == "pose_description" and "synthesized_qa" in self.tasks)]
 
     def plan(self, row: dict, task: str, replies: dict[str, dict]) -> Step:
-        desc = description_request(row, self.ctx, self.min_score)
+        desc = description_request(row, self.ctx, self.min_score, draft=self.cfg.rule_draft)
         if desc is None:
             return Skip("no_subject", "no tracked person to describe")
+        if task in ("pose_description", "pose_difference") and _rule_written(row, task) and not (
+                task == "pose_description" and "synthesized_qa" in self.tasks):
+            return Skip(RULES, f"{task} rows are written from geometry (generator: rules)")
         if task == "pose_description":
             return desc
         if task == "pose_difference":
@@ -74,14 +77,14 @@ class MLLMPlanner:
             if reply is None:
                 continue
             if "skip" in reply:
-                if wanted:
+                if wanted and reply["skip"][0] != RULES:
                     add_error(row, task, *reply["skip"])
                 continue
             if "error" in reply:
                 kind, detail, attempts = reply["error"]
                 add_error(row, task, kind, detail, attempts=attempts)
                 continue
-            if not wanted:   # a description asked only to write synthesized_qa from
+            if not wanted or _rule_written(row, task):   # asked only for synthesized_qa's sake
                 continue
             req = self.plan(row, task, replies)
             assert isinstance(req, Request), (task, req)
@@ -94,6 +97,15 @@ class MLLMPlanner:
             samples += kept
         row["samples"] = samples
         return row
+
+
+RULES = "rule_generated"
+
+
+def _rule_written(row: dict, task: str) -> bool:
+    """tasks.<task>.generator is rules: the task builder already wrote this task's rows."""
+    return any(s.get("task") == task and s.get("answer_source") == "geometry"
+               for s in row.get("samples") or [])
 
 
 def reply_record(parsed: dict | None = None, usage: dict | None = None,

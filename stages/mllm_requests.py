@@ -19,7 +19,9 @@ from proxyqa.core.config import MLLMConfig
 from proxyqa.core.people import Subject, people_counts
 from proxyqa.stages import posecodes, prompts
 from proxyqa.stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.stages.tasks_captions import frame_caption
 from proxyqa.stages.verify import check_motion, check_states
+from proxyqa.stages.verify_captions import check_rewrite
 
 Part = Literal["head", "torso", "left_arm", "right_arm", "left_leg", "right_leg"]
 PART_TITLES = {"head": "Head", "torso": "Torso", "left_arm": "Left arm", "right_arm": "Right arm",
@@ -124,7 +126,8 @@ def _subject_note(row: dict, subject: Subject, positions: list[int]) -> str:
     return f" (the person in the box [{box}], coordinates 0-1000 {where})"
 
 
-def description_request(row: dict, ctx: RunContext, min_score: float) -> Optional[Request]:
+def description_request(row: dict, ctx: RunContext, min_score: float,
+                        draft: bool = False) -> Optional[Request]:
     subject = _subject(row)
     present = [i for i, k in enumerate(subject.keypoints) if k is not None] if subject else []
     if not present:
@@ -135,9 +138,16 @@ def description_request(row: dict, ctx: RunContext, min_score: float) -> Optiona
     use_crop = pos < len(crops) and crops[pos] is not None
     image = crops[pos] if use_crop else row["frames_jpeg"][pos]
     note = "" if use_crop else _subject_note(row, subject, [pos])
-    prompt, version = prompts.render("pose_description", hints=_hints(facts), subject_note=note)
-    return Request("pose_description", prompt, version, [image], [pos],
-                   {"image": "subject_crop" if use_crop else "frame"})
+    meta: dict[str, Any] = {"image": "subject_crop" if use_crop else "frame"}
+    caption = frame_caption(subject.keypoints[pos], row["width"], row["height"], min_score,
+                            f"{row.get('content_id') or row['video_id']}|{pos}") if draft else None
+    if caption is not None:   # mllm.rule_draft: rewrite the rule caption (docs/captions.md)
+        prompt, version = prompts.render("pose_description_rewrite", draft=caption[0],
+                                         subject_note=note)
+        meta.update(draft=caption[0], draft_facts=caption[1])
+    else:
+        prompt, version = prompts.render("pose_description", hints=_hints(facts), subject_note=note)
+    return Request("pose_description", prompt, version, [image], [pos], meta)
 
 
 def difference_request(row: dict, ctx: RunContext, min_score: float, min_motion: float) -> Optional[Request]:
@@ -192,8 +202,16 @@ def rows_from_reply(row: dict, req: Request, parsed: dict, generator: dict, ctx:
     if req.task == "pose_description":
         verdict = check_states({p: parsed[p] for p in PART_TITLES}, kps[req.positions[0]], w, h, min_score)
         answer = "\n".join(f"{PART_TITLES[p]}: {parsed[p]}" for p in PART_TITLES)
+        struct = parsed
+        if "draft_facts" in req.meta:   # a rewrite must keep every draft fact
+            struct = {**parsed, "draft": req.meta["draft"], "facts": req.meta["draft_facts"]}
+            text = " ".join(f"{PART_TITLES[p]}: {parsed[p].rstrip('.')}." for p in PART_TITLES)
+            kept, why = check_rewrite(text, req.meta["draft_facts"], kps[req.positions[0]], w, h,
+                                      min_score)
+            verdict.check("rewrite keeps the draft: " + "; ".join(why["missing"] or ["all facts"]),
+                          kept)
         samples = [make_sample(row, req.task, ctx, key=f"{req.positions[0]}", question=DESCRIBE_Q,
-                               answer=answer, answer_struct=parsed, **common)]
+                               answer=answer, answer_struct=struct, **common)]
         verdicts = [verdict]
     elif req.task == "pose_difference":
         a, b = req.positions

@@ -5,7 +5,7 @@ from typing import Any
 
 from proxyqa.core.config import TasksConfig
 from proxyqa.core.schema import MLLM_TASKS  # their rows come from the MLLM stage, not a builder here
-from proxyqa.stages import tasks_motion, tasks_spatial, tasks_temporal
+from proxyqa.stages import tasks_captions, tasks_motion, tasks_spatial, tasks_temporal
 from proxyqa.stages.base import RowStage
 from proxyqa.stages.sampling import RunContext
 
@@ -77,10 +77,35 @@ def _motion_compare(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
     return tasks_motion.motion_compare(row, stage.cfg.motion_compare, stage.ctx, stage.min_score)
 
 
+def _pose_description(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_captions.pose_description(row, stage.cfg.pose_description, stage.ctx,
+                                           stage.min_score)
+
+
+def _pose_difference(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_captions.pose_difference(row, stage.cfg.pose_difference, stage.ctx,
+                                          stage.min_score)
+
+
+def _description_match(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_captions.description_match(row, stage.cfg.description_match, stage.ctx,
+                                            stage.min_score)
+
+
+def _change_match(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
+    return tasks_captions.change_match(row, stage.cfg.change_match, stage.ctx, stage.min_score)
+
+
 BUILDERS = {
     "temporal_order": _temporal_order,
     "temporal_direction": _temporal_direction,
     "spatial_grounding": _spatial_grounding,
     "body_part_state": _body_part_state,
     "motion_compare": _motion_compare,
+    # Captions from geometry (docs/captions.md); pose_description/pose_difference write rows
+    # here only with generator: rules, otherwise the MLLM stage writes them.
+    "pose_description": _pose_description,
+    "pose_difference": _pose_difference,
+    "description_match": _description_match,
+    "change_match": _change_match,
 }

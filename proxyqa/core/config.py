@@ -285,6 +285,62 @@ class MotionCompareConfig(Strict):
     )
 
 
+class CaptionTaskConfig(Strict):
+    """pose_description / pose_difference: who writes them (docs/captions.md)."""
+
+    generator: Literal["rules", "mllm"] = Field(
+        "mllm",
+        description="rules = captions written from the pose geometry (no MLLM; answer_source "
+        "geometry, the facts used in answer_struct); mllm = written by the MLLM (needs "
+        "mllm.enabled).",
+    )
+    samples_per_video: int = Field(1, ge=0, description="Rule-written rows per video at most.")
+    min_facts: int = Field(
+        2, ge=1, description="Rule captions need at least this many facts true with margin."
+    )
+    min_pose_motion: float = Field(
+        0.15, ge=0.0,
+        description="pose_difference (rules): mean subject keypoint motion (body-size units) "
+        "the two frames must differ by.",
+    )
+    angle_margin: float = Field(
+        15.0, ge=10.0,
+        description="Degrees a joint angle must clear its threshold by for a caption fact (and "
+        "for a wrong option to count as definitely false); stricter than the documented 10 on "
+        "purpose (docs/captions.md); may be raised.",
+    )
+    position_margin: float = Field(
+        0.15, ge=0.1,
+        description="Body-size units a position must clear its threshold by, for captions; "
+        "may be raised.",
+    )
+
+
+class MatchTaskConfig(Strict):
+    """description_match / change_match: pick the caption that fits, among 4 (docs/captions.md)."""
+
+    samples_per_video: int = Field(2, ge=0, description="Questions per video at most.")
+    min_facts: int = Field(
+        2, ge=1, description="The true caption states at least this many facts."
+    )
+    min_pose_motion: float = Field(
+        0.1, ge=0.0,
+        description="change_match: mean subject keypoint motion (body-size units) the two "
+        "frames must differ by.",
+    )
+    angle_margin: float = Field(
+        15.0, ge=10.0,
+        description="Degrees a joint angle must clear its threshold by for a caption fact (and "
+        "for a wrong option to count as definitely false); stricter than the documented 10 on "
+        "purpose (docs/captions.md); may be raised.",
+    )
+    position_margin: float = Field(
+        0.15, ge=0.1,
+        description="Body-size units a position must clear its threshold by, for captions; "
+        "may be raised.",
+    )
+
+
 class TasksConfig(Strict):
     enabled: list[str] = Field(
         default_factory=lambda: ["temporal_order", "temporal_direction"],
@@ -296,6 +352,10 @@ class TasksConfig(Strict):
     spatial_grounding: SpatialGroundingConfig = Field(default_factory=SpatialGroundingConfig)
     body_part_state: BodyPartStateConfig = Field(default_factory=BodyPartStateConfig)
     motion_compare: MotionCompareConfig = Field(default_factory=MotionCompareConfig)
+    pose_description: CaptionTaskConfig = Field(default_factory=CaptionTaskConfig)
+    pose_difference: CaptionTaskConfig = Field(default_factory=CaptionTaskConfig)
+    description_match: MatchTaskConfig = Field(default_factory=MatchTaskConfig)
+    change_match: MatchTaskConfig = Field(default_factory=MatchTaskConfig)
     version: str = Field("1", description="Bump to regenerate rows after task-logic changes.")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=4))
 
@@ -351,6 +411,12 @@ class MLLMConfig(Strict):
     questions_per_video: int = Field(2, ge=1, le=4, description="synthesized_qa questions per video.")
     min_pose_motion: float = Field(
         0.15, description="pose_difference frames must differ by this much subject motion."
+    )
+    rule_draft: bool = Field(
+        False,
+        description="pose_description (generator mllm): give the model the rule-written caption "
+        "as a draft to rewrite; the rewrite must keep every fact and contradict none "
+        "(docs/captions.md).",
     )
     on_verify_fail: Literal["keep", "drop"] = Field(
         "keep", description="keep = write rows with verified=false; drop = leave them out (counted)."

@@ -24,6 +24,8 @@ TASK_FAMILY = {
     "motion_compare": "temporal",
     "pose_difference": "temporal",
     "synthesized_qa": "both",
+    "description_match": "spatial",
+    "change_match": "temporal",
 }
 # Tasks whose answers the MLLM writes (in this order: each may depend on the one before).
 MLLM_TASKS = ("pose_description", "pose_difference", "synthesized_qa")

@@ -12,6 +12,8 @@ PROMPTS = {
     "pose_description": "pose_description.v1.txt",
     "pose_difference": "pose_difference.v1.txt",
     "synthesized_qa": "synthesized_qa.v1.txt",
+    # pose_description with mllm.rule_draft: the rule caption as a draft (docs/captions.md)
+    "pose_description_rewrite": "pose_description_rewrite.v1.txt",
 }
 
 

@@ -1,0 +1,131 @@
+"""Geometry-written captions (stages/captions.py, stages/tasks_captions.py) and the rewrite
+verifier (stages/verify_captions.py), on hand-made poses (tests/helpers/pose.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from proxyqa.core.config import MLLMConfig, TasksConfig
+from proxyqa.stages import captions as cap
+from proxyqa.stages import posecodes as pc
+from proxyqa.stages.mllm_plan import MLLMPlanner, Skip
+from proxyqa.stages.sampling import RunContext
+from proxyqa.stages.tasks import BuildTasksStage
+from proxyqa.stages.verify_captions import check_rewrite, claims
+from tests.helpers.pose import make_kps, make_row
+
+RULES = pc.Rules(angle_margin=15.0, position_margin=0.15)
+CAPTION_TASKS = ["pose_description", "pose_difference", "description_match", "change_match"]
+
+# Left arm raised, right hanging, both legs straight (person faces the camera).
+RAISED_LEFT = dict(arms=((170, 175), (10, 175)), legs=((0, 178), (0, 178)))
+POSES = [RAISED_LEFT,
+         dict(arms=((10, 175), (10, 175)), legs=((0, 178), (60, 90))),
+         dict(arms=((90, 175), (10, 90)), legs=((0, 178), (0, 100)), lean=35),
+         dict(arms=((10, 90), (170, 175)), legs=((70, 100), (0, 178)))]
+
+
+def build(rows: list[dict], **cfg) -> list[dict]:
+    tasks = TasksConfig.model_validate({
+        "enabled": CAPTION_TASKS, "pose_description": {"generator": "rules", "samples_per_video": 4},
+        "pose_difference": {"generator": "rules", "samples_per_video": 2},
+        "description_match": {"samples_per_video": 4}, "change_match": {"samples_per_video": 3},
+        **cfg})
+    out = BuildTasksStage(tasks, RunContext("r", "h", 0), 0.5)({k: [r[k] for r in rows] for k in rows[0]})
+    return [s for samples in out["samples"] for s in samples]
+
+
+def test_caption_states_only_facts_true_with_margin_in_the_persons_own_sides():
+    kps = make_kps(**RAISED_LEFT)
+    f = cap.pose_facts(kps, 1000, 1000, 0.5, RULES)
+    assert f.states["left_arm"] == "raised above the head"
+    assert f.states["right_arm"] == "hanging down by the side"
+    text = cap.describe_pose(f.states, f.relations, cap.Voice("x"))
+    assert "left arm" in text and "right" in text and "Both legs" in text
+    truths = pc.state_truths(kps, 1000, 1000, 0.5, RULES)
+    assert all(truths[x["part"]][x["state"]] is True for x in f.as_list() if "part" in x)
+
+
+def test_unreliable_joint_gives_no_fact():
+    kps = make_kps(**RAISED_LEFT)
+    kps[pc.J["left_wrist"]][2] = 0.1    # below min_keypoint_score: the left arm is not described
+    f = cap.pose_facts(kps, 1000, 1000, 0.5, RULES)
+    assert "left_arm" not in f.states
+    assert "left arm" not in cap.describe_pose(f.states, f.relations, cap.Voice("x"))
+
+
+def test_phrasing_is_deterministic_and_varies_across_seeds():
+    f = cap.pose_facts(make_kps(**RAISED_LEFT), 1000, 1000, 0.5, RULES)
+    texts = {cap.describe_pose(f.states, f.relations, cap.Voice(str(i))) for i in range(30)}
+    assert len(texts) >= 5
+    assert (cap.describe_pose(f.states, f.relations, cap.Voice("7"))
+            == cap.describe_pose(f.states, f.relations, cap.Voice("7")))
+
+
+def test_rule_rows_store_their_facts_and_negatives_are_definitely_false():
+    rows = build([make_row([make_kps(**p) for p in POSES])])
+    tasks = {r["task"] for r in rows}
+    assert tasks == set(CAPTION_TASKS), tasks
+    for r in rows:
+        s = json.loads(r["answer_struct"])
+        assert r["answer_source"] == "geometry" and s["facts"]
+        if r["task"] == "description_match":
+            kps = r["keypoints"][0]
+            truths = pc.state_truths(kps, 1000, 1000, 0.5, RULES)
+            assert r["choices"][s["index"]] == r["answer"] and len(r["choices"]) == 4
+            assert len(set(r["choices"])) == 4
+            for i, facts in enumerate(s["choice_facts"]):
+                said = [truths[f["part"]][f["state"]] for f in facts if "part" in f]
+                if i == s["index"]:
+                    assert all(v is True for v in said)
+                else:
+                    assert False in said and None not in said
+        if r["task"] == "change_match":
+            assert r["choices"][s["index"]] == r["answer"] and len(set(r["choices"])) == 4
+
+
+def test_rules_generator_off_writes_no_caption_rows_and_mllm_skips_rule_tasks():
+    row = make_row([make_kps(**p) for p in POSES])
+    rows = build([row], pose_description={"generator": "mllm"}, pose_difference={"generator": "mllm"})
+    assert {r["task"] for r in rows} == {"description_match", "change_match"}
+    rows = build([row])
+    posed = {**row, "samples": rows}
+    planner = MLLMPlanner(MLLMConfig(enabled=True), ["pose_description"], RunContext("r", "h", 0), 0.5)
+    step = planner.plan(posed, "pose_description", {})
+    assert isinstance(step, Skip) and step.kind == "rule_generated"
+    # With synthesized_qa the description is still asked for, but no MLLM description row is kept.
+    planner = MLLMPlanner(MLLMConfig(enabled=True, rule_draft=True),
+                          ["pose_description", "synthesized_qa"], RunContext("r", "h", 0), 0.5)
+    step = planner.plan(posed, "pose_description", {})
+    assert not isinstance(step, Skip) and "Draft:" in step.prompt and step.meta["draft_facts"]
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("The person stands tall with the torso upright. Her left hand is lifted over her head, and "
+     "the right arm hangs loosely by her side. Both legs are straight.", True),
+    ("The torso is upright. The right arm is raised above the head, while the left arm hangs "
+     "down by the side. Both legs are straight.", False),        # sides exchanged
+    ("The torso is upright. The left arm is raised above the head. Both legs are straight.",
+     False),                                                      # a fact dropped
+])
+def test_rewrite_must_keep_every_fact_and_contradict_none(text, kept):
+    kps = make_kps(**RAISED_LEFT)
+    f = cap.pose_facts(kps, 1000, 1000, 0.5, RULES)
+    ok, why = check_rewrite(text, f.as_list(), kps, 1000, 1000, 0.5)
+    assert ok is kept, why
+
+
+def test_rule_captions_parse_back_to_their_own_facts():
+    """The verifier reads every phrasing the writer can produce."""
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        arms = tuple((rng.uniform(0, 180), rng.uniform(60, 180)) for _ in range(2))
+        legs = tuple((rng.uniform(-10, 100), rng.uniform(60, 180)) for _ in range(2))
+        kps = make_kps(arms=arms, legs=legs, lean=rng.uniform(-80, 80))
+        f = cap.pose_facts(kps, 1000, 1000, 0.5, RULES)
+        text = cap.describe_pose(f.states, f.relations, cap.Voice(str(i)))
+        said, rels = claims(text)
+        assert said == {(p, s) for p, s in f.states.items()}, (text, said, f.states)
+        assert rels == set(f.relations), (text, rels)
