@@ -288,11 +288,11 @@ class MotionCompareConfig(Strict):
 class CaptionTaskConfig(Strict):
     """pose_description / pose_difference: who writes them (docs/captions.md)."""
 
-    generator: Literal["rules", "mllm"] = Field(
-        "mllm",
+    generator: Literal["auto", "rules", "mllm"] = Field(
+        "auto",
         description="rules = captions written from the pose geometry (no MLLM; answer_source "
         "geometry, the facts used in answer_struct); mllm = written by the MLLM (needs "
-        "mllm.enabled).",
+        "mllm.enabled); auto = mllm when mllm.enabled, else rules.",
     )
     samples_per_video: int = Field(1, ge=0, description="Rule-written rows per video at most.")
     min_facts: int = Field(
@@ -502,6 +502,15 @@ class Config(Strict):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _resolve_caption_generators(self) -> "Config":
+        # `auto` follows the MLLM switch, so `--set mllm.enabled=true` on a config that writes
+        # rule captions gets MLLM-written ones, and the rest of the code sees rules or mllm.
+        for task in (self.tasks.pose_description, self.tasks.pose_difference):
+            if task.generator == "auto":
+                task.generator = "mllm" if self.mllm.enabled else "rules"
+        return self
 
 
 class ConfigError(ValueError):
