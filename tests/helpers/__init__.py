@@ -26,10 +26,19 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     report = json.loads((run_dir / "report.json").read_text())
+    report["videos"] = read_videos(run_dir)
     rows = []
     for shard in manifest["shards"]:
         rows.extend(pq.read_table(run_dir / shard["path"]).to_pylist())
     return rows, manifest, report
+
+
+def read_videos(run_dir: Path | str, s3=None) -> list[dict]:
+    """The per-video report (report.parquet) as dicts: uri, video_id, status, reason, rows,
+    errors and, for carried videos, carried_from."""
+    from proxyqa.trainer.reader import read_report
+
+    return read_report(str(run_dir), s3)
 
 
 def latest_run(output: Path) -> Path:

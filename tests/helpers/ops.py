@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.helpers import REPO
+from tests.helpers import REPO, read_videos
 
 PROXYQA = str(Path(sys.executable).parent / "proxyqa")
 LOCAL = REPO / "configs" / "local.yaml"
@@ -79,6 +79,7 @@ def dataset(run_dir: Path) -> tuple[list[dict], dict, dict]:
     """(rows of every manifest shard without images, manifest, report) of a complete run."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     report = json.loads((run_dir / "report.json").read_text())
+    report["videos"] = read_videos(run_dir)
     rows = []
     for path in shard_files(run_dir, manifest):
         rows.extend(pq.read_table(path, columns=["sample_id", "video_id", "task", "run_id",
