@@ -53,10 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         _check_paths_shared(cfg)      # a cluster: refuse node-local paths before any work
     chash = config_hash(cfg)
-    videos = list_videos(cfg)
     lock = _lock(cfg, "incremental" if args.incremental else "full")
     try:
-        return _run_locked(cfg, args, chash, videos, started, lock)
+        t0 = time.time()
+        videos = list_videos(cfg)
+        timings = {"list": round(time.time() - t0, 2)}
+        return _run_locked(cfg, args, chash, videos, started, lock, timings)
     finally:
         if lock is not None:
             lock.release()
@@ -95,10 +97,12 @@ def _check_paths_shared(cfg) -> None:
 
 
 def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
-                lock: RunLock | None) -> int:
+                lock: RunLock | None, timings: dict[str, float]) -> int:
     threads = cfg.write.commit_parallelism
+    t0 = time.time()
     run = open_run(cfg, chash, args.run_id)
     plan = plan_run(run, videos, incremental=args.incremental, threads=threads)
+    timings["plan"] = round(time.time() - t0, 2)
     print(f"proxyqa: run {run.run_id}: {len(videos)} videos listed, {len(plan.todo)} to process"
           + (f", {len(plan.carried)} unchanged since run {plan.base.run_id}" if plan.base else "")
           + (f" (resuming, {len(plan.done)} already done)" if plan.done else ""), flush=True)
@@ -106,6 +110,7 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
     records = None
     mapper = None
     try:
+        t0 = time.time()
         if plan.todo:  # nothing to do: no need to start Ray
             from proxyqa.pipeline.graph import Unschedulable, execute, is_multinode, ray_mapper
 
@@ -113,9 +118,17 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                 todo = plan.todo
                 for attempt in range(cfg.ray.lost_video_passes + 1):
                     if attempt:
-                        print(f"proxyqa: {len(todo)} videos have no record (their blocks were "
-                              f"lost): running them again (pass {attempt + 1})", flush=True)
-                    execute(cfg, run, todo)
+                        print(f"proxyqa: {len(todo)} videos have no record (lost with a node "
+                              f"or a worker): running them again (pass {attempt + 1})", flush=True)
+                    try:
+                        execute(cfg, run, todo)
+                    except Unschedulable:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - e.g. blocks lost with a node
+                        if attempt == cfg.ray.lost_video_passes:
+                            raise
+                        print(f"proxyqa: pass {attempt + 1} ended early ({one_line(exc)})",
+                              flush=True)
                     records = read_video_records(run, threads)
                     have = {r["video_id"] for r in records}
                     todo = [v for v in todo if v["video_id"] not in have]
@@ -127,9 +140,11 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                                     "resume it") from None
             if is_multinode():   # compaction on the workers, next to the storage
                 mapper = ray_mapper(threads)
+        timings["execute"] = round(time.time() - t0, 2)
         if lock is not None:
             lock.check()
-        manifest = commit(run, cfg, videos, plan, started, cfg.input or "", records, mapper)
+        manifest = commit(run, cfg, videos, plan, started, cfg.input or "", records, mapper,
+                          timings)
     except (ConfigError, LockHeld):
         raise
     except RunIncomplete:
@@ -156,6 +171,7 @@ def _print_summary(run, manifest: dict) -> None:
         print(f"  not ok: {n} x {reason}")
     for kind, n in c.get("task_errors_by_kind", {}).items():
         print(f"  task errors: {n} x {kind}")
+    print("  wall: " + "  ".join(f"{k}={v:.1f}s" for k, v in manifest["timings_s"].items()))
     print(f"  shards: {len(manifest['shards'])} files; report: {run.uri}/report.json "
           "(per video: report.parquet)")
 

@@ -1,11 +1,13 @@
 """The run lock: one run at a time per output root.
 
-OUT/_lock.json is created atomically: locally with O_CREAT|O_EXCL, on S3 with a conditional
+OUT/_lock.json is created atomically: locally by an exclusive create (O_EXCL temp file, then a
+hard link that fails if the name exists), on S3 with a conditional
 PUT (If-None-Match: *), so of two runs started at once exactly one creates it. It holds the
 holder (user@host:pid), the run's start time and a heartbeat that a daemon thread refreshes
 every `lock.heartbeat_s`. A second run on the same OUT finds it and exits 2 with one line
 naming the holder. A lock whose heartbeat is older than `lock.expiry_s` belongs to a run that
-died without releasing it: it is taken over (logged). On S3 the takeover and every heartbeat
+died without releasing it: it is taken over (logged). So is, at once, a lock whose holder
+ran on this host and whose process is gone (kill -9, OOM): the rerun need not wait. On S3 the takeover and every heartbeat
 are compare-and-swap writes (If-Match: <ETag>), so two runs taking over one expired lock
 cannot both win, and a holder whose lock was taken over notices it at its next heartbeat.
 Locally the takeover renames the expired file away first (one rename wins).
@@ -41,6 +43,28 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def _pid_started(pid: int) -> float | None:
+    """When process `pid` started (None: no such process)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - gone, or no psutil: treat as unknown
+        return None
+
+
+def holder_is_gone(holder: dict) -> bool:
+    """The holder ran on this host and its process no longer exists (killed -9, OOM):
+    its lock is stale now, whatever its heartbeat says. Another host's process is never
+    judged gone: only its heartbeat tells."""
+    if holder.get("host") != socket.gethostname() or not holder.get("pid"):
+        return False
+    started = _pid_started(int(holder["pid"]))
+    if started is None:
+        return True
+    return holder.get("pid_started") is not None and abs(started - holder["pid_started"]) > 1
+
+
 def _owner() -> str:
     try:
         user = getpass.getuser()
@@ -66,7 +90,9 @@ class RunLock:
     # -- content ---------------------------------------------------------------------
     def _body(self) -> bytes:
         now = time.time()
-        return json.dumps({"owner": _owner(), "token": self.token, "mode": self.mode,
+        return json.dumps({"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
+                           "pid_started": _pid_started(os.getpid()),
+                           "token": self.token, "mode": self.mode,
                            "started_at": _iso(self.started), "heartbeat_at": _iso(now),
                            "heartbeat": now, "expiry_s": self.cfg.expiry_s}).encode()
 
@@ -123,12 +149,18 @@ class RunLock:
             self.etag = self._s3_put(IfNoneMatch="*")
             return self.etag is not None
         os.makedirs(posixpath.dirname(self.path), exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+        # Content first, then an exclusive create of the name (a hard link fails if the name
+        # exists, like O_EXCL), so no reader ever sees an empty lock.
+        tmp = f"{self.path}.{self.token[:8]}.new"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(self._body())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
         return True
 
     def _take_over(self, stale: dict, etag: str | None) -> bool:
@@ -152,16 +184,20 @@ class RunLock:
             if holder is None:
                 continue      # released between our create and read: try again
             age = time.time() - float(holder.get("heartbeat") or 0)
-            if age <= self.cfg.expiry_s:
+            gone = holder_is_gone(holder)
+            if age <= self.cfg.expiry_s and not gone:
                 raise LockHeld(
                     f"output {self.output} is locked by {holder.get('owner', '?')} "
                     f"({holder.get('mode', '?')} run started {holder.get('started_at', '?')}, "
                     f"last heartbeat {age:.0f}s ago); one run at a time per output "
                     f"(the lock expires {self.cfg.expiry_s:.0f}s after its last heartbeat)")
             if self._take_over(holder, etag):
-                log.warning("took over the lock of %s on %s: its last heartbeat was %.0fs ago "
-                            "(> lock.expiry_s=%.0f)", holder.get("owner", "?"), self.output,
-                            age, self.cfg.expiry_s)
+                why = ("its process is gone" if gone else
+                       f"its last heartbeat was {age:.0f}s ago (> lock.expiry_s={self.cfg.expiry_s:.0f})")
+                log.warning("took over the lock of %s on %s: %s", holder.get("owner", "?"),
+                            self.output, why)
+                print(f"proxyqa: took over the run lock of {holder.get('owner', '?')}: {why}",
+                      flush=True)
                 break
         else:
             raise LockHeld(f"output {self.output}: could not take the run lock {LOCK} "

@@ -44,7 +44,16 @@ from proxyqa.core.layout import (
     task_dir,
 )
 from proxyqa.core.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
-from proxyqa.core.storage import AtomicWriter, ensure_dir, fresh, get_fs, join, remove_many, write_bytes_atomic
+from proxyqa.core.storage import (
+    AtomicWriter,
+    ensure_dir,
+    fresh,
+    fs_is_s3,
+    get_fs,
+    join,
+    remove_many,
+    write_bytes_atomic,
+)
 from proxyqa.pipeline.ledger import (
     Base,
     carry_shards,
@@ -326,13 +335,15 @@ def _carried_reason(entry: dict) -> str:
 
 def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float,
            input_uri: str, records: list[dict] | None = None,
-           mapper: Mapper | None = None) -> dict[str, Any]:
+           mapper: Mapper | None = None, timings: dict[str, float] | None = None,
+           ) -> dict[str, Any]:
     """Compact staged shards, write report.json + report.parquet, the ledger snapshot,
     manifest.json, then latest; then delete the staged files.
 
     `records`: this run's video records if the caller has read them already; `mapper`:
     runs the compaction (default: a thread pool of write.commit_parallelism).
     """
+    commit_start = time.time()
     threads = cfg.write.commit_parallelism
     mapper = mapper or thread_mapper(threads)
     order = {v["video_id"]: i for i, v in enumerate(listed)}
@@ -428,14 +439,19 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "depends_on_runs": sorted({shard_run_id(s["key"]) for s in shards} - {run.run_id}),
         "ledger": ledger_key,
         "resumed": run.resumed,
+        # Where the wall time went (listing, planning, execute, commit up to the manifest).
+        "timings_s": {**(timings or {}), "commit": round(time.time() - commit_start, 2)},
     }
     # manifest.json last: its presence is what makes the run complete.
     write_bytes_atomic(run.fs, run.p(MANIFEST), json.dumps(manifest, indent=1).encode())
     write_bytes_atomic(run.fs, posixpath.join(run.root, LATEST), f"{RUNS_DIR}/{run.run_id}\n".encode())
     # Staged files are now copies of what the manifest lists: gone (a crash before this
     # leaves them in a complete run's hidden folders, where no reader looks).
-    staged = fresh(run.fs).glob(run.p(STAGED_DIR, task_dir("*"), "*.parquet"))
-    remove_many(run.fs, staged + fresh(run.fs).glob(run.p(VIDEOS_DIR, "*.parquet")), threads)
+    for folder in (STAGED_DIR, VIDEOS_DIR):
+        if fs_is_s3(run.fs):     # no folders on S3: delete the objects, 1000 per request
+            remove_many(run.fs, fresh(run.fs).find(run.p(folder)), threads)
+        elif run.fs.exists(run.p(folder)):
+            run.fs.rm(run.p(folder), recursive=True)
     return manifest
 
 

@@ -77,6 +77,7 @@ def _s3_rows(client, bucket: str, prefix: str) -> tuple[list[dict], dict, dict]:
     run_prefix = posixpath.join(prefix, get(f"{prefix}/latest").decode().strip())
     manifest = json.loads(get(f"{run_prefix}/manifest.json"))
     report = json.loads(get(f"{run_prefix}/report.json"))
+    report["videos"] = pq.read_table(io.BytesIO(get(f"{run_prefix}/report.parquet"))).to_pylist()
     rows = []
     for shard in manifest["shards"]:
         key = posixpath.normpath(posixpath.join(run_prefix, shard["path"]))

@@ -71,6 +71,7 @@ def _read_s3_run(s3, bucket: str, run_prefix: str) -> tuple[list[dict], dict, di
 
     manifest = json.loads(get(f"{run_prefix}/manifest.json"))
     report = json.loads(get(f"{run_prefix}/report.json"))
+    report["videos"] = pq.read_table(io.BytesIO(get(f"{run_prefix}/report.parquet"))).to_pylist()
     rows = []
     for shard in manifest["shards"]:
         key = posixpath.normpath(posixpath.join(run_prefix, shard["path"]))
