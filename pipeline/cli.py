@@ -10,7 +10,7 @@ from proxyqa.core.config import ConfigError, describe_fields, load_config
 from proxyqa.core.errors import one_line
 from proxyqa.pipeline.fingerprint import config_hash
 from proxyqa.pipeline.lock import LockHeld, RunLock
-from proxyqa.pipeline.run import OutputError, commit, open_run, plan_run, read_video_records
+from proxyqa.pipeline.run import OutputError, commit, open_run, plan_run, read_video_records, thread_mapper
 from proxyqa.pipeline.sources import SourceError, list_videos
 
 
@@ -139,7 +139,8 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                                     "carry those resources and run the same command again to "
                                     "resume it") from None
             if is_multinode():   # compaction on the workers, next to the storage
-                mapper = ray_mapper(threads)
+                mapper = ray_mapper(threads, thread_mapper(threads),
+                                    cfg.write.commit_on_workers_min_files)
         timings["execute"] = round(time.time() - t0, 2)
         if lock is not None:
             lock.check()

@@ -227,12 +227,18 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0) -> N
         raise failure[0]
 
 
-def ray_mapper(parallelism: int) -> Callable[[Callable[..., Any], list], list]:
+def ray_mapper(parallelism: int, small: Callable[[Callable[..., Any], list], list],
+               min_items: int = 64) -> Callable[[Callable[..., Any], list], list]:
     """fn over items as Ray tasks (commit's compaction on a cluster: the workers read and
-    write the storage, not the driver), at most `parallelism` in flight."""
+    write the storage, not the driver), at most `parallelism` in flight. Fewer than
+    `min_items` items go to `small` (the driver's threads): starting task workers on a
+    busy cluster costs more than a few dozen files."""
     import ray
 
     def run(fn: Callable[..., Any], items: list) -> list:
+        if len(items) < min_items:
+            return small(fn, items)
+
         def call(item):  # ray.remote takes functions, not functools.partial objects
             return fn(item)
 

@@ -318,7 +318,13 @@ class WriteConfig(Strict):
     commit_parallelism: int = Field(
         16, ge=1,
         description="Storage requests in flight at commit (staged-file compaction, record "
-        "reads, deletes): threads on the driver, or Ray tasks when a Ray cluster is up.",
+        "reads, deletes): threads on the driver, or Ray tasks on a multi-node cluster.",
+    )
+    commit_on_workers_min_files: int = Field(
+        64, ge=1,
+        description="On a multi-node cluster, a commit that writes at least this many shard "
+        "files compacts them in Ray tasks on the workers (the driver moves no rows); fewer "
+        "are written by the driver's threads (starting task workers costs more).",
     )
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
 
