@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -23,17 +23,27 @@ log = logging.getLogger(__name__)
 
 
 class ArrowAdapter:
-    """Runs a stage on Arrow blocks: Arrow -> column dict -> stage -> Arrow."""
+    """Runs a stage on Arrow blocks: Arrow -> column dict -> stage -> Arrow.
 
-    def __init__(self, stage: type, kwargs: dict[str, Any], drop: tuple[str, ...] = ()):
+    Ray hands it whole blocks (many videos); it calls the stage on slices of the stage's
+    own batch size and yields each result, so Ray's per-call overhead is paid per block, not
+    per video (a million immediately-skipped videos cost one pass-through per slice), while
+    results still stream out slice by slice (a block of decoded videos is never held whole).
+    """
+
+    def __init__(self, stage: type, kwargs: dict[str, Any], drop: tuple[str, ...] = (),
+                 batch_size: int | None = None):
         self.stage = stage(**kwargs)
         self.drop = drop
+        self.batch_size = batch_size
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        out = self.stage(table.to_pydict())
-        for name in self.drop:
-            out.pop(name, None)
-        return to_arrow(out)
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        size = self.batch_size or max(1, table.num_rows)
+        for start in range(0, table.num_rows, size):
+            out = self.stage(table.slice(start, size).to_pydict())
+            for name in self.drop:
+                out.pop(name, None)
+            yield to_arrow(out)
 
 
 def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
@@ -88,9 +98,10 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
         pool = (res.concurrency, res.concurrency) if res.concurrency else (1, _cluster_cpus())
         ds = ds.map_batches(
             adapter,
-            fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after),
+            fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after,
+                                       batch_size=res.batch_size),
             batch_format="pyarrow",
-            batch_size=res.batch_size,
+            batch_size=None,      # whole blocks; the adapter slices them (see ArrowAdapter)
             num_cpus=num_cpus,
             num_gpus=res.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=max(pool)),
