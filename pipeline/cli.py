@@ -121,7 +121,8 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                         print(f"proxyqa: {len(todo)} videos have no record (lost with a node "
                               f"or a worker): running them again (pass {attempt + 1})", flush=True)
                     try:
-                        execute(cfg, run, todo)
+                        # Retry passes: one video per block (see execute).
+                        execute(cfg, run, todo, per_block=1 if attempt else None)
                     except Unschedulable:
                         raise
                     except Exception as exc:  # noqa: BLE001 - e.g. blocks lost with a node

@@ -80,11 +80,12 @@ def input_blocks(videos: list[dict], per_block: int) -> list[pa.Table]:
             for i in range(0, len(videos), per_block)]
 
 
-def build_dataset(cfg: Config, run: Run, videos: list[dict]):
+def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None):
     import ray
 
     cpus = _cluster_cpus()
-    ds = ray.data.from_arrow(input_blocks(videos, videos_per_block(cfg, len(videos), cpus)))
+    per_block = per_block or videos_per_block(cfg, len(videos), cpus)
+    ds = ray.data.from_arrow(input_blocks(videos, per_block))
     plan = steps(cfg, run)
     engine = None
     for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):
@@ -197,8 +198,13 @@ def init_ray(cfg: Config) -> None:
     ctx.target_max_block_size = 16 << 20
 
 
-def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0) -> None:
+def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
+            per_block: int | None = None) -> None:
     """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
+
+    `per_block`: videos per input block (default: videos_per_block). A call whose worker dies
+    on every retry loses its whole block; the lost-video pass runs one video per block, so a
+    video that kills its worker loses only itself there.
 
     The dataset is consumed on a daemon thread while this thread watches the cluster: if
     some stage has had no live node able to host one of its workers for
@@ -208,7 +214,7 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0) -> N
     init_ray(cfg)
     if not videos:
         return
-    ds = build_dataset(cfg, run, videos)
+    ds = build_dataset(cfg, run, videos, per_block)
     needs = stage_needs(cfg, run)
     failure: list[BaseException] = []
 
