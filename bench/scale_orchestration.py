@@ -58,6 +58,7 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     for s in sets:
         args += ["--set", s]
     peak = [0]
+    load_before = os.getloadavg()[0]
     start = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     driver = psutil.Process(proc.pid)
@@ -94,6 +95,8 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
         "report_json_bytes": (run_dir / "report.json").stat().st_size,
         "report_parquet_bytes": (run_dir / "report.parquet").stat().st_size,
         "status": manifest["counts"]["videos_by_status"],
+        # Other work on the machine stretches the wall time: report it next to the figures.
+        "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
@@ -105,7 +108,9 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=2000)
     parser.add_argument("--only", choices=["skipped", "real"])
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": common.machine()}
+    # One run at a time (--only) keeps the other's last figures.
+    results: dict[str, Any] = {**(common.read_json("scale_orchestration") or {}),
+                               "machine": common.machine()}
     if args.only in (None, "skipped"):
         results["skipped"] = run(hard_links(args.skipped), ["limits.max_bytes=1"])
     if args.only in (None, "real"):
@@ -115,7 +120,8 @@ def main() -> None:
             for k, r in results.items() if k != "machine"]
     print(table(rows, ["run", "videos", "wall_s", "per_video_ms", "list_s", "plan_s", "execute_s",
                        "commit_s", "driver_peak_mib", "files_per_1000_videos", "shards",
-                       "mean_shard_fill", "report_json_bytes", "report_parquet_bytes"]))
+                       "mean_shard_fill", "report_json_bytes", "report_parquet_bytes",
+                       "load_avg_1min"]))
     for k, r in results.items():
         if k != "machine":
             print(f"{k}: shard rows {r['shard_rows'][:20]} (target {r['rows_per_file_target']})")
