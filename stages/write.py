@@ -66,8 +66,10 @@ class ShardWriterStage:
         for task, samples in sorted(by_task.items()):
             samples.sort(key=lambda s: s["sample_id"])
             table = pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA)
-            rel = self._put(f"{STAGED_DIR}/{task_dir(task)}/"
-                            f"part-{digest([s['sample_id'] for s in samples])}.parquet", table)
+            # Named by (video, sample) pairs: identical clips share sample_ids, and their
+            # batches must not overwrite each other's staged files.
+            name = digest([f"{s['video_id']}/{s['sample_id']}" for s in samples])
+            rel = self._put(f"{STAGED_DIR}/{task_dir(task)}/part-{name}.parquet", table)
             for s in samples:
                 shards_of[s["video_id"]].add(rel)
         records = [self._record(row, sorted(shards_of.get(row["video_id"], ()))) for row in rows]

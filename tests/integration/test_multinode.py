@@ -7,7 +7,8 @@ Nodes (custom resources as a GPU cluster would declare them, clusters/):
   decode    1 CPU, decode_node, pose_node
   pose      2 CPU, pose_node        a "GPU node": pose only
 
-Checks: each stage's actors ran only on nodes carrying its resources (Ray's state API); the
+Checks: a node-local output path is refused (exit 2, one line); each stage's actors ran only
+on nodes carrying its resources (Ray's state API); the
 rows equal a single-node run's; the pose node killed mid-run (its processes, by process
 group) -> the run completes with the same sample_ids and no duplicates; the only decode
 node killed mid-run -> exit 3 with one line after ray.unschedulable_timeout_s, not a hang,
@@ -231,8 +232,17 @@ def test_multinode_placement_node_loss_and_resume(cluster, moto_s3, clips_dir, t
     ref_ids = {r["sample_id"] for r in ref_rows}
     assert ref_ids
 
-    # 1. Placement: every stage's actors only on nodes carrying its resources.
+    # 0. A local output on a cluster of several nodes: refused with one line (exit 2), unless
+    #    ray.shared_paths says every node mounts it.
     args = ["--config", str(config), "--input", "s3://videos/clips", *sets]
+    proc = cluster.submit(*args, "--output", str(tmp_path / "node-local"), timeout=300)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exit code 2" in logs, logs[-3000:]
+    errors = [ln for ln in logs.splitlines() if ln.startswith("proxyqa: error:")]
+    assert len(errors) == 1 and "ray.shared_paths" in errors[0] and "several nodes" in errors[0]
+    assert not (tmp_path / "node-local").exists()
+
+    # 1. Placement: every stage's actors only on nodes carrying its resources.
     proc = cluster.submit(*args, "--output", "s3://datasets/a",
                           "--set", "write.commit_on_workers_min_files=1")  # compaction: Ray tasks
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -46,11 +46,17 @@ def test_staged_batches_become_target_sized_shards_without_duplicates(tmp_path):
     run = open_run(cfg, "h" * 16)
     stage = ShardWriterStage(run.uri, run.run_id, run.config_hash)
     videos = [_video(i) for i in range(40)] + [_video(40, content="c0003")]  # a copy of v0003
-    for start in range(0, len(videos), 2):                  # writer batches of 2 videos
-        _write(stage, videos[start:start + 2])
+    batches = [[v] if v["video_id"] == "v0007" else [] for v in videos]   # v0007 alone
+    rest = [v for v in videos if v["video_id"] != "v0007"]
+    batches = [b for b in batches if b] + [rest[i:i + 2] for i in range(0, len(rest), 2)]
+    for batch in batches:                                   # writer batches of 2 videos
+        _write(stage, batch)
     _write(stage, [videos[5], videos[8]])                    # a retried batch, regrouped
+    copy = _video(41, content="c0007")                      # v0007's bytes at another URI,
+    _write(stage, [copy])                                   # alone too: the same sample_ids
+    videos.append(copy)
     staged = list((tmp_path / "out").rglob("_staged/**/*.parquet"))
-    assert len(staged) == 2 * 22                            # 22 batches x 2 tasks
+    assert len(staged) == 2 * 23                            # 23 batches x 2 tasks
 
     manifest = commit(run, cfg, _listed(videos), Plan(videos and _listed(videos), set(), {},
                                                       None, False), time.time(), "/in")
@@ -64,7 +70,7 @@ def test_staged_batches_become_target_sized_shards_without_duplicates(tmp_path):
         per_task[shard["task"]] += 1
     ids = [r["sample_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 40 * 6              # the copy's rows once, retry once
-    assert not any(r["video_id"] == "v0040" for r in rows)  # the copy listed later is dropped
+    assert not {r["video_id"] for r in rows} & {"v0040", "v0041"}  # copies listed later: dropped
     for task in TASKS:
         sizes = sorted(s["rows"] for s in manifest["shards"] if s["task"] == task)
         assert sizes[0] >= 1 and all(n >= 20 for n in sizes[1:])  # only the last below target
@@ -82,7 +88,7 @@ def test_staged_batches_become_target_sized_shards_without_duplicates(tmp_path):
     assert set(ledger["v0003"]["shards"]) <= {s["path"] and f"runs/{run.run_id}/{s['path']}"
                                              for s in manifest["shards"]}
     small = json.loads((run_dir / "report.json").read_text())
-    assert "videos" not in small and small["counts"]["videos"] == 41
+    assert "videos" not in small and small["counts"]["videos"] == 42
 
 
 def test_a_commit_that_died_is_redone_without_stale_shards(tmp_path, monkeypatch):
