@@ -51,6 +51,26 @@ def hard_links(n: int) -> Path:
     return folder
 
 
+def _kind(p: psutil.Process) -> str:
+    """A short name for a process of the run: driver, raylet, gcs, a stage's worker, ..."""
+    title = " ".join(p.cmdline())[:300]
+    for key in ("DecodeStage", "PoseStage", "BuildTasksStage", "ShardWriterStage"):
+        if key in title:
+            return key
+    for key in ("raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor", "monitor.py",
+                "default_worker", "ray::"):
+        if key in title:
+            return key.strip(":").replace(".py", "")
+    return p.name()
+
+
+def _by_kind(cpu: dict[int, float], names: dict[int, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid, t in cpu.items():
+        out[names.get(pid, "?")] = round(out.get(names.get(pid, "?"), 0.0) + t, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="proxyqa-scale-"))
     args = [PROXYQA, "run", "--config", str(REPO / "configs" / "local.yaml"), "--input", str(folder),
@@ -63,12 +83,24 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     driver = psutil.Process(proc.pid)
 
+    cpu: dict[int, float] = {}     # pid -> user+system seconds, last seen (driver + all Ray)
+    names: dict[int, str] = {proc.pid: "driver"}
+
     def sample() -> None:
         while proc.poll() is None:
             try:
                 peak[0] = max(peak[0], driver.memory_info().rss)
+                family = [driver, *driver.children(recursive=True)]
             except psutil.Error:
                 return
+            for p in family:
+                try:
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
+                    if p.pid not in names:
+                        names[p.pid] = _kind(p)
+                except psutil.Error:
+                    pass
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -86,6 +118,11 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     target = manifest["config"]["write"]["rows_per_file"]
     result = {
         "videos": n, "wall_s": round(wall, 2), "per_video_ms": round(1000 * wall / n, 3),
+        # CPU seconds of the driver and every Ray process it started: what the run costs
+        # whatever else the machine runs (the wall time stretches under load, this does not).
+        "cpu_s": round(sum(cpu.values()), 1),
+        "cpu_per_video_ms": round(1000 * sum(cpu.values()) / n, 3),
+        "cpu_s_by_process": _by_kind(cpu, names),
         "timings_s": manifest["timings_s"], "driver_peak_mib": round(peak[0] / 2**20),
         "files": len(files), "files_per_1000_videos": round(1000 * len(files) / n, 2),
         "shards": len(shard_rows), "rows": sum(shard_rows), "rows_per_file_target": target,
@@ -107,6 +144,9 @@ def main() -> None:
     parser.add_argument("--skipped", type=int, default=20000)
     parser.add_argument("--real", type=int, default=2000)
     parser.add_argument("--only", choices=["skipped", "real"])
+    parser.add_argument("--rows-per-file", type=int, default=None,
+                        help="write.rows_per_file of the real run (default: the config's 2000); "
+                        "scale it with --real to keep the rows/target ratio on a busy machine")
     args = parser.parse_args()
     # One run at a time (--only) keeps the other's last figures.
     results: dict[str, Any] = {**(common.read_json("scale_orchestration") or {}),
@@ -114,16 +154,18 @@ def main() -> None:
     if args.only in (None, "skipped"):
         results["skipped"] = run(hard_links(args.skipped), ["limits.max_bytes=1"])
     if args.only in (None, "real"):
-        results["real"] = run(make_videos(args.real), LIGHT)
+        extra = [f"write.rows_per_file={args.rows_per_file}"] if args.rows_per_file else []
+        results["real"] = run(make_videos(args.real), LIGHT + extra)
     rows = [{"run": k, **{c: v for c, v in r.items() if c not in ("shard_rows", "timings_s", "status")},
              **{f"{p}_s": t for p, t in r["timings_s"].items()}}
             for k, r in results.items() if k != "machine"]
-    print(table(rows, ["run", "videos", "wall_s", "per_video_ms", "list_s", "plan_s", "execute_s",
+    print(table(rows, ["run", "videos", "wall_s", "per_video_ms", "cpu_s", "cpu_per_video_ms", "list_s", "plan_s", "execute_s",
                        "commit_s", "driver_peak_mib", "files_per_1000_videos", "shards",
                        "mean_shard_fill", "report_json_bytes", "report_parquet_bytes",
                        "load_avg_1min"]))
     for k, r in results.items():
         if k != "machine":
+            print(f"{k}: CPU seconds by process: {r.get('cpu_s_by_process')}")
             print(f"{k}: shard rows {r['shard_rows'][:20]} (target {r['rows_per_file_target']})")
     print(f"-> {write_json('scale_orchestration', results)}")
 
