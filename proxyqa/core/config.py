@@ -354,9 +354,10 @@ class RayConfig(Strict):
         "before they are reported 'pipeline: lost'.",
     )
     unschedulable_timeout_s: float = Field(
-        300.0, gt=0,
+        900.0, gt=0,
         description="A stage whose workers fit on no live node (CPUs, GPUs, custom resources) "
-        "for this long ends the run with exit 3 and one line (resumable), instead of a hang.",
+        "for this long ends the run with exit 3 and one line (resumable), instead of a hang. "
+        "Keep it above the time your autoscaler takes to add a node of that kind.",
     )
     shared_paths: bool = Field(
         False,
