@@ -97,7 +97,7 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
                 try:
                     t = p.cpu_times()
                     cpu[p.pid] = t.user + t.system
-                    if p.pid not in names:
+                    if p.pid != proc.pid:   # the latest title: a forked worker starts as "raylet"
                         names[p.pid] = _kind(p)
                 except psutil.Error:
                     pass
