@@ -79,7 +79,7 @@ def one_size(n: int, overrides: list[str]) -> dict[str, Any]:
     common.warm_page_cache(folder)
     cfg = common.bench_config([*LIGHT, *overrides])
     timer = PhaseTimer()
-    timer.wrap(run_mod, "_finalize_own_shards", "commit_finalize_s")
+    timer.wrap(run_mod, "_compact_own_shards", "commit_finalize_s")
     timer.wrap(run_mod, "write_snapshot", "commit_ledger_s")
     out: dict[str, Any] = {"videos": n}
     with tempfile.TemporaryDirectory(prefix="proxyqa-scale-") as tmp:

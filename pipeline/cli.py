@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from proxyqa.core.config import ConfigError, describe_fields, load_config
 from proxyqa.core.errors import one_line
 from proxyqa.pipeline.fingerprint import config_hash
-from proxyqa.pipeline.run import OutputError, commit, open_run, plan_run
+from proxyqa.pipeline.lock import LockHeld, RunLock
+from proxyqa.pipeline.run import OutputError, commit, open_run, plan_run, read_video_records, thread_mapper
 from proxyqa.pipeline.sources import SourceError, list_videos
 
 
@@ -48,22 +50,106 @@ def cmd_run(args: argparse.Namespace) -> int:
         from proxyqa.models.pose_base import check_pose_config
 
         check_pose_config(cfg.pose)
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        _check_paths_shared(cfg)      # a cluster: refuse node-local paths before any work
     chash = config_hash(cfg)
-    videos = list_videos(cfg)
+    lock = _lock(cfg, "incremental" if args.incremental else "full")
+    try:
+        t0 = time.time()
+        videos = list_videos(cfg)
+        timings = {"list": round(time.time() - t0, 2)}
+        return _run_locked(cfg, args, chash, videos, started, lock, timings)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(cfg, mode: str) -> RunLock | None:
+    """The output's run lock (exit 2 when another run holds it)."""
+    if not cfg.lock.enabled:
+        return None
+    from proxyqa.core.storage import ensure_dir, get_fs
+
+    try:
+        fs, root = get_fs(cfg.output, cfg.s3)
+        ensure_dir(fs, root)
+    except Exception as exc:  # noqa: BLE001 - any storage error means "cannot write here"
+        raise OutputError(f"output {cfg.output} is not usable: {one_line(exc)}") from None
+    return RunLock(fs, root, cfg.output, cfg.lock, mode).acquire()
+
+
+def _check_paths_shared(cfg) -> None:
+    """On a cluster of several nodes, a local input/output path is each worker's own disk:
+    refused unless `ray.shared_paths` says every node sees the same files."""
+    from proxyqa.core.storage import is_s3
+
+    local = [f"{what} {uri}" for what, uri in (("input", cfg.input), ("output", cfg.output))
+             if uri and not is_s3(uri)]
+    if not local or cfg.ray.shared_paths:
+        return
+    from proxyqa.pipeline.graph import init_ray, is_multinode
+
+    init_ray(cfg)
+    if is_multinode():
+        raise ConfigError(f"{' and '.join(local)}: a local path on a Ray cluster of several "
+                          "nodes (each worker would read and write its own disk); use s3:// "
+                          "or set ray.shared_paths=true if every node mounts it")
+
+
+def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
+                lock: RunLock | None, timings: dict[str, float]) -> int:
+    threads = cfg.write.commit_parallelism
+    t0 = time.time()
     run = open_run(cfg, chash, args.run_id)
-    plan = plan_run(run, videos, incremental=args.incremental)
+    plan = plan_run(run, videos, incremental=args.incremental, threads=threads)
+    timings["plan"] = round(time.time() - t0, 2)
     print(f"proxyqa: run {run.run_id}: {len(videos)} videos listed, {len(plan.todo)} to process"
           + (f", {len(plan.carried)} unchanged since run {plan.base.run_id}" if plan.base else "")
           + (f" (resuming, {len(plan.done)} already done)" if plan.done else ""), flush=True)
 
+    records = None
+    mapper = None
     try:
+        t0 = time.time()
         if plan.todo:  # nothing to do: no need to start Ray
-            from proxyqa.pipeline.graph import execute
+            from proxyqa.pipeline.graph import Unschedulable, execute, is_multinode, ray_mapper
 
-            for _ in execute(cfg, run, plan.todo):
-                pass
-        manifest = commit(run, cfg, videos, plan, started, cfg.input or "")
-    except ConfigError:
+            try:
+                todo = plan.todo
+                for attempt in range(cfg.ray.lost_video_passes + 1):
+                    if attempt:
+                        print(f"proxyqa: {len(todo)} videos have no record (lost with a node "
+                              f"or a worker): running them again (pass {attempt + 1})", flush=True)
+                    try:
+                        # Retry passes: one video per block (see execute).
+                        execute(cfg, run, todo, per_block=1 if attempt else None)
+                    except Unschedulable:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - e.g. blocks lost with a node
+                        if attempt == cfg.ray.lost_video_passes:
+                            raise
+                        print(f"proxyqa: pass {attempt + 1} ended early ({one_line(exc)})",
+                              flush=True)
+                    records = read_video_records(run, threads)
+                    have = {r["video_id"] for r in records}
+                    todo = [v for v in todo if v["video_id"] not in have]
+                    if not todo:
+                        break
+            except Unschedulable as exc:
+                raise RunIncomplete(f"run {run.run_id} did not complete ({exc}); add nodes that "
+                                    "carry those resources and run the same command again to "
+                                    "resume it") from None
+            if is_multinode():   # compaction on the workers, next to the storage
+                mapper = ray_mapper(threads, thread_mapper(threads),
+                                    cfg.write.commit_on_workers_min_files)
+        timings["execute"] = round(time.time() - t0, 2)
+        if lock is not None:
+            lock.check()
+        manifest = commit(run, cfg, videos, plan, started, cfg.input or "", records, mapper,
+                          timings)
+    except (ConfigError, LockHeld):
+        raise
+    except RunIncomplete:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. output storage down: one line, resumable
         raise RunIncomplete(f"run {run.run_id} did not complete ({one_line(exc)}); "
@@ -87,7 +173,9 @@ def _print_summary(run, manifest: dict) -> None:
         print(f"  not ok: {n} x {reason}")
     for kind, n in c.get("task_errors_by_kind", {}).items():
         print(f"  task errors: {n} x {kind}")
-    print(f"  shards: {len(manifest['shards'])} files; report: {run.uri}/report.json")
+    print("  wall: " + "  ".join(f"{k}={v:.1f}s" for k, v in manifest["timings_s"].items()))
+    print(f"  shards: {len(manifest['shards'])} files; report: {run.uri}/report.json "
+          "(per video: report.parquet)")
 
 
 def cmd_config_doc(args: argparse.Namespace) -> int:
@@ -112,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_card(args)
         return cmd_config_doc(args)
-    except (ConfigError, SourceError, OutputError) as exc:
+    except (ConfigError, SourceError, OutputError, LockHeld) as exc:
         print(f"proxyqa: error: {exc}", file=sys.stderr)
         return 2
     except RunIncomplete as exc:

@@ -27,7 +27,8 @@ import hashlib
 import json
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,10 +242,10 @@ def finalize_dataset(run, cfg: Config, records: dict[str, dict], own_shards: lis
             drop.add(sub[j]["sample_id"])
             balanced[sub[j]["task"]] += 1
 
-    # 4. Per-split shards of this run.
-    out_own: list[dict] = []
-    rows_of: dict[str, Counter] = defaultdict(Counter)
-    shards_of: dict[str, set] = defaultdict(set)
+    # 4. Per-split shards of this run: the compacted files' kept rows, regrouped by (task,
+    # split) into files of write.rows_per_file rows (a video's rows of a task stay in one
+    # file), written in parallel.
+    buckets: dict[tuple[str, str], list[pa.Table]] = defaultdict(list)
     staged: list[str] = []
     for shard, _ in own_tables:
         table = _read(fs, root, shard["key"])
@@ -257,17 +258,27 @@ def finalize_dataset(run, cfg: Config, records: dict[str, dict], own_shards: lis
         staged.append(shard["key"])
         for split in SPLITS:
             part = table.filter(pc.equal(table["split"], split))
-            if part.num_rows == 0:
-                continue
-            ids = part["sample_id"].to_pylist()
-            key = run_key(run.run_id, task_dir(shard["task"]), f"{split}-{digest(ids)}.parquet")
-            data = parquet_bytes(part, compression)
-            write_bytes_atomic(fs, posixpath.join(root, key), data)
-            out_own.append({"key": key, "task": shard["task"], "rows": part.num_rows,
-                            "bytes": len(data), "split": split})
-            for vid in part["video_id"].to_pylist():
-                rows_of[vid][shard["task"]] += 1
-                shards_of[vid].add(key)
+            if part.num_rows:
+                buckets[(shard["task"], split)].append(part)
+    chunks = [(task, split, chunk) for (task, split), parts in sorted(buckets.items())
+              for chunk in _chunks(pa.concat_tables(parts), cfg.write.rows_per_file)]
+
+    def write(item: tuple[str, str, pa.Table]) -> dict:
+        task, split, part = item
+        key = run_key(run.run_id, task_dir(task), f"{split}-{digest(part['sample_id'].to_pylist())}.parquet")
+        data = parquet_bytes(part, compression)
+        write_bytes_atomic(fs, posixpath.join(root, key), data)
+        return {"key": key, "task": task, "rows": part.num_rows, "bytes": len(data), "split": split,
+                "video_ids": part["video_id"].to_pylist()}
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.write.commit_parallelism)) as pool:
+        out_own = list(pool.map(write, chunks))
+    rows_of: dict[str, Counter] = defaultdict(Counter)
+    shards_of: dict[str, set] = defaultdict(set)
+    for shard in out_own:
+        for vid in shard.pop("video_ids"):
+            rows_of[vid][shard["task"]] += 1
+            shards_of[vid].add(shard["key"])
     out_carried = []
     for shard, table in carried_rows:
         present = [s for s in set(table["split"].to_pylist()) if s]
@@ -294,6 +305,17 @@ def finalize_dataset(run, cfg: Config, records: dict[str, dict], own_shards: lis
     write_bytes_atomic(fs, posixpath.join(root, here, HF_README),
                        hf_readme(run.run_id, listed, body).encode())
     return Finalized(out_own, out_carried, rows_of, shards_of, counts, staged)
+
+
+def _chunks(table: pa.Table, rows_per_file: int) -> Iterator[pa.Table]:
+    """Slices of about `rows_per_file` rows, cut only between videos: a slice ends at the
+    first video boundary once it holds the target (a target reached, not a maximum)."""
+    vids = table["video_id"].to_pylist()
+    start = 0
+    for i in range(1, len(vids) + 1):
+        if i == len(vids) or (i - start >= rows_per_file and vids[i] != vids[i - 1]):
+            yield table.slice(start, i - start)
+            start = i
 
 
 def remove_staged(run, fin: Finalized) -> None:

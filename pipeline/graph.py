@@ -4,7 +4,10 @@ that imports Ray (the local executor, pipeline/local.py, runs the same plan with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -20,17 +23,27 @@ log = logging.getLogger(__name__)
 
 
 class ArrowAdapter:
-    """Runs a stage on Arrow blocks: Arrow -> column dict -> stage -> Arrow."""
+    """Runs a stage on Arrow blocks: Arrow -> column dict -> stage -> Arrow.
 
-    def __init__(self, stage: type, kwargs: dict[str, Any], drop: tuple[str, ...] = ()):
+    Ray hands it whole blocks (many videos); it calls the stage on slices of the stage's
+    own batch size and yields each result, so Ray's per-call overhead is paid per block, not
+    per video (a million immediately-skipped videos cost one pass-through per slice), while
+    results still stream out slice by slice (a block of decoded videos is never held whole).
+    """
+
+    def __init__(self, stage: type, kwargs: dict[str, Any], drop: tuple[str, ...] = (),
+                 batch_size: int | None = None):
         self.stage = stage(**kwargs)
         self.drop = drop
+        self.batch_size = batch_size
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        out = self.stage(table.to_pydict())
-        for name in self.drop:
-            out.pop(name, None)
-        return to_arrow(out)
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        size = self.batch_size or max(1, table.num_rows)
+        for start in range(0, table.num_rows, size):
+            out = self.stage(table.slice(start, size).to_pydict())
+            for name in self.drop:
+                out.pop(name, None)
+            yield to_arrow(out)
 
 
 def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
@@ -53,13 +66,29 @@ def cpu_reservations(plan: list[Step], cluster_cpus: float) -> list[float]:
     return [cpus * factor for cpus in wanted]
 
 
-def build_dataset(cfg: Config, run: Run, videos: list[dict]):
+def videos_per_block(cfg: Config, n: int, cluster_cpus: int) -> int:
+    """Videos per input block: at most `ray.videos_per_block`, and small enough that every
+    CPU gets several blocks (a block is the unit a worker takes; too few and workers idle)."""
+    return max(1, min(cfg.ray.videos_per_block, math.ceil(n / (16 * cluster_cpus))))
+
+
+def input_blocks(videos: list[dict], per_block: int) -> list[pa.Table]:
+    """The listing as Arrow tables of `per_block` videos: one driver-side object per block,
+    not one per video (a million videos: ~4,000 blocks of a few hundred KB)."""
+    columns = list(videos[0]) if videos else []
+    return [to_arrow({c: [v.get(c) for v in videos[i:i + per_block]] for c in columns})
+            for i in range(0, len(videos), per_block)]
+
+
+def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None):
     import ray
 
-    ds = ray.data.from_items(videos, override_num_blocks=max(1, len(videos)))
+    cpus = _cluster_cpus()
+    per_block = per_block or videos_per_block(cfg, len(videos), cpus)
+    ds = ray.data.from_arrow(input_blocks(videos, per_block))
     plan = steps(cfg, run)
     engine = None
-    for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
+    for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):
         if step.kind == "llm":
             engine = engine or _engine_config(cfg)
             ds = _engine_pass(step, engine)(ds)
@@ -70,13 +99,17 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict]):
         pool = (res.concurrency, res.concurrency) if res.concurrency else (1, _cluster_cpus())
         ds = ds.map_batches(
             adapter,
-            fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after),
+            fn_constructor_kwargs=dict(stage=step.stage, kwargs=step.kwargs, drop=step.drop_after,
+                                       batch_size=res.batch_size),
             batch_format="pyarrow",
-            batch_size=res.batch_size,
+            batch_size=None,      # whole blocks; the adapter slices them (see ArrowAdapter)
             num_cpus=num_cpus,
             num_gpus=res.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=max(pool)),
             memory=int(res.memory_gb * (1 << 30)) if res.memory_gb else None,
+            # Custom node resources (decode_node, gpu_node, accelerator_type:...): the stage's
+            # workers land only on nodes that declare them.
+            resources=dict(res.custom) or None,
             # Ray restarts a dead worker (max_restarts=-1 by default) and retries its call a
             # bounded number of times: a video that kills its worker every time cannot
             # stall the run (Ray 2.60 has no named parameter for this yet).
@@ -107,6 +140,40 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def alive_nodes() -> list[dict[str, float]]:
+    """Total resources of each live node."""
+    import ray
+
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def stage_needs(cfg: Config, run: Run) -> dict[str, dict[str, float]]:
+    """What one worker of each stage needs from a single node (CPUs scaled as in the plan)."""
+    plan = steps(cfg, run)
+    needs = {}
+    for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
+        res = step.resources
+        need = {"CPU": num_cpus, "GPU": res.num_gpus, **res.custom}
+        if res.memory_gb:
+            need["memory"] = res.memory_gb * (1 << 30)
+        needs[step.stage.__name__] = {k: v for k, v in need.items() if v}
+    return needs
+
+
+def unplaceable(needs: dict[str, dict[str, float]], nodes: list[dict[str, float]]) -> list[str]:
+    """Stages none of whose workers fits on any live node."""
+    return [name for name, need in needs.items()
+            if not any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes)]
+
+
+class Unschedulable(RuntimeError):
+    """A stage has had no node to run on for longer than ray.unschedulable_timeout_s."""
+
+
+def is_multinode() -> bool:
+    return len(alive_nodes()) > 1
+
+
 def init_ray(cfg: Config) -> None:
     import os
 
@@ -123,15 +190,84 @@ def init_ray(cfg: Config) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     # Stages turn per-video errors into data; a block that still fails (its worker died on
-    # every retry) is dropped, and commit reports its videos as lost instead of the run dying.
+    # every retry) is dropped, and its videos are run again (ray.lost_video_passes) or
+    # reported as lost instead of the run dying.
     ctx.max_errored_blocks = -1
+    # Decoded videos are ~0.5 MB each: smaller output blocks hand them to the next stage's
+    # workers a few dozen at a time instead of one 128 MiB block (one worker) at a time.
+    ctx.target_max_block_size = 16 << 20
 
 
-def execute(cfg: Config, run: Run, videos: list[dict]) -> Iterator[dict]:
-    """Runs the plan; yields one record per video as the writer finishes it."""
+def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
+            per_block: int | None = None) -> None:
+    """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
+
+    `per_block`: videos per input block (default: videos_per_block). A call whose worker dies
+    on every retry loses its whole block; the lost-video pass runs one video per block, so a
+    video that kills its worker loses only itself there.
+
+    The dataset is consumed on a daemon thread while this thread watches the cluster: if
+    some stage has had no live node able to host one of its workers for
+    `ray.unschedulable_timeout_s` (its nodes were lost), Unschedulable is raised instead of
+    waiting forever; what was written stays for the resumed run.
+    """
     init_ray(cfg)
     if not videos:
         return
-    for batch in build_dataset(cfg, run, videos).iter_batches(batch_format="pyarrow",
-                                                              batch_size=None):
-        yield from batch.to_pylist()
+    ds = build_dataset(cfg, run, videos, per_block)
+    needs = stage_needs(cfg, run)
+    failure: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=consume, name="proxyqa-consume", daemon=True)
+    worker.start()
+    stuck_since: float | None = None
+    while worker.is_alive():
+        worker.join(poll_s)
+        missing = unplaceable(needs, alive_nodes())
+        if not missing:
+            stuck_since = None
+            continue
+        stuck_since = stuck_since or time.monotonic()
+        if time.monotonic() - stuck_since >= cfg.ray.unschedulable_timeout_s:
+            raise Unschedulable(
+                f"no live Ray node can run stage(s) {', '.join(missing)} (needs "
+                + "; ".join(f"{m}: {needs[m]}" for m in missing)
+                + f") for {cfg.ray.unschedulable_timeout_s:.0f}s")
+    if failure:
+        raise failure[0]
+
+
+def ray_mapper(parallelism: int, small: Callable[[Callable[..., Any], list], list],
+               min_items: int = 64) -> Callable[[Callable[..., Any], list], list]:
+    """fn over items as Ray tasks (commit's compaction on a cluster: the workers read and
+    write the storage, not the driver), at most `parallelism` in flight. Fewer than
+    `min_items` items go to `small` (the driver's threads): starting task workers on a
+    busy cluster costs more than a few dozen files."""
+    import ray
+
+    def run(fn: Callable[..., Any], items: list) -> list:
+        if len(items) < min_items:
+            return small(fn, items)
+
+        def call(item):  # ray.remote takes functions, not functools.partial objects
+            return fn(item)
+
+        task = ray.remote(num_cpus=0.25, max_retries=3)(call)
+        results: list = [None] * len(items)
+        pending: dict = {}
+        for i, item in enumerate(items):
+            if len(pending) >= parallelism:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                results[pending.pop(done[0])] = ray.get(done[0])
+            pending[task.remote(item)] = i
+        for ref, i in pending.items():
+            results[i] = ray.get(ref)
+        return results
+    return run

@@ -58,7 +58,6 @@ def steps(cfg: Config, run: Run) -> list[Step]:
     plan[-1].drop_after = HEAVY_COLUMNS
     plan.append(Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
                                             config_hash=run.config_hash,
-                                            rows_per_file=cfg.write.rows_per_file,
                                             compression=cfg.write.compression, s3=cfg.s3),
                      cfg.write.resources))
     return plan

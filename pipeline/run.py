@@ -17,18 +17,43 @@ import posixpath
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from proxyqa import __version__
 from proxyqa.core.config import Config, public_dump
 from proxyqa.core.errors import one_line
-from proxyqa.core.layout import LATEST, MANIFEST, REPORT, RUN_META, RUNS_DIR, SHARD_GLOB, VIDEOS_DIR, task_dir
-from proxyqa.core.schema import SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
-from proxyqa.core.storage import ensure_dir, fresh, get_fs, join, write_bytes_atomic
+from proxyqa.core.layout import (
+    LATEST,
+    MANIFEST,
+    REPORT,
+    REPORT_VIDEOS,
+    RUN_META,
+    RUNS_DIR,
+    SHARD_GLOB,
+    STAGED_DIR,
+    VIDEOS_DIR,
+    run_key,
+    task_dir,
+)
+from proxyqa.core.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
+from proxyqa.core.storage import (
+    AtomicWriter,
+    ensure_dir,
+    fresh,
+    fs_is_s3,
+    get_fs,
+    join,
+    remove_many,
+    write_bytes_atomic,
+)
 from proxyqa.pipeline.dataset import finalize_dataset, remove_staged
 from proxyqa.pipeline.ledger import (
     Base,
@@ -37,12 +62,11 @@ from proxyqa.pipeline.ledger import (
     load_base,
     plan_carry,
     retry_errors,
-    run_key,
     shard_run_id,
     shard_task,
     write_snapshot,
 )
-from proxyqa.stages.write import parquet_bytes
+from proxyqa.stages.write import ROW_GROUP_ROWS, digest, parquet_bytes
 
 
 class OutputError(RuntimeError):
@@ -143,15 +167,36 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def read_video_records(run: Run) -> list[dict]:
-    """Records already written for this run (by this or an earlier, interrupted attempt)."""
+Mapper = Callable[[Callable[..., Any], list], list]
+
+
+def thread_mapper(threads: int) -> Mapper:
+    """fn over items on a thread pool: storage requests wait on the network, and pyarrow
+    releases the GIL while it reads and writes Parquet."""
+    def run(fn: Callable[..., Any], items: list) -> list:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(fn, items))
+    return run
+
+
+def _read_records_file(fs, path: str) -> list[dict]:
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist()
+
+
+def read_video_records(run: Run, threads: int = 16) -> list[dict]:
+    """Records already written for this run (by this or an earlier, interrupted attempt),
+    one per video: an ok record wins over a failed one, else the first in path order.
+    The files are read in parallel: one GET each, never one by one."""
+    paths = sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, SHARD_GLOB)))
     records: dict[str, dict] = {}
-    for path in sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, SHARD_GLOB))):
-        with run.fs.open(path, "rb") as fh:
-            for rec in pq.read_table(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist():
-                prev = records.get(rec["video_id"])
-                if prev is None or (prev["status"] != "ok" and rec["status"] == "ok"):
-                    records[rec["video_id"]] = rec
+    for batch in thread_mapper(threads)(lambda p: _read_records_file(run.fs, p), paths):
+        for rec in batch:
+            prev = records.get(rec["video_id"])
+            if prev is None or (prev["status"] != "ok" and rec["status"] == "ok"):
+                records[rec["video_id"]] = rec
     return list(records.values())
 
 
@@ -166,9 +211,10 @@ class Plan:
     incremental: bool
 
 
-def plan_run(run: Run, videos: list[dict], incremental: bool) -> Plan:
+def plan_run(run: Run, videos: list[dict], incremental: bool, threads: int = 16) -> Plan:
     listed = {v["video_id"] for v in videos}
-    done = ({r["video_id"] for r in read_video_records(run)} & listed) if run.resumed else set()
+    done = ({r["video_id"] for r in read_video_records(run, threads)} & listed
+            if run.resumed else set())
     base = load_base(run.fs, run.root) if incremental else None
     carried: dict[str, dict] = {}
     if base is not None:
@@ -179,44 +225,99 @@ def plan_run(run: Run, videos: list[dict], incremental: bool) -> Plan:
     return Plan(todo, done, carried, base, incremental)
 
 
-def _finalize_own_shards(run: Run, keep_ids: set[str], compression: str,
-                         ) -> tuple[list[dict], dict[str, Counter], dict[str, set]]:
-    """This run's staged shards, in path order, keeping rows of `keep_ids` and the first
-    copy of each sample_id (writes are at-least-once: a retried batch may land twice).
+@dataclass
+class _Group:
+    """Staged files of one task compacted into one output file."""
+
+    task: str
+    sources: list[tuple[str, list[str]]]   # (staged path, video_ids whose rows are kept)
+    rows: int                              # rows expected (from the records' counts)
+
+    @property
+    def key_digest(self) -> str:
+        return digest([f"{p}\0{','.join(sorted(v))}" for p, v in self.sources])
+
+
+def _plan_compaction(run: Run, records: dict[str, dict], listed_order: dict[str, int],
+                     rows_per_file: int) -> list[_Group]:
+    """Which staged rows make the dataset, grouped into output files of ~rows_per_file rows.
+
+    No staged file is read here: each video's record names the staged files holding its
+    rows and how many rows per task. A video's rows are kept from the files of its chosen
+    record only (a batch retried after it was written landed in other files), and of
+    identical clips (same content_id: same sample_ids) only the first listed keeps rows.
+    """
+    canonical: dict[str, str] = {}
+    for vid in sorted((v for v, r in records.items() if r["status"] == "ok" and r.get("content_id")),
+                      key=lambda v: listed_order.get(v, 1 << 62)):
+        canonical.setdefault(records[vid]["content_id"], vid)
+    keep: dict[str, dict[str, int]] = defaultdict(dict)       # staged rel -> video -> rows
+    for vid, rec in records.items():
+        if rec.get("content_id") and canonical.get(rec["content_id"]) != vid:
+            continue
+        counts = json.loads(rec.get("counts_json") or "{}")
+        for rel in rec.get("shards") or []:
+            n = counts.get(shard_task(rel), 0)
+            if n:
+                keep[rel][vid] = n
+    groups: list[_Group] = []
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for rel in sorted(keep):
+        by_task[shard_task(rel)].append(rel)
+    for task, rels in sorted(by_task.items()):
+        current = _Group(task, [], 0)
+        for rel in rels:
+            current.sources.append((run.p(rel), sorted(keep[rel])))
+            current.rows += sum(keep[rel].values())
+            if current.rows >= rows_per_file:  # a target reached, not a maximum exceeded
+                groups.append(current)
+                current = _Group(task, [], 0)
+        if current.sources:
+            groups.append(current)
+    return groups
+
+
+def compact_group(output: str, s3: Any, run_id: str, group: _Group, compression: str) -> dict:
+    """Stream a group's staged files, kept rows only, into one Parquet file (one staged file
+    in memory at a time). Plain function: runs in a driver thread or as a Ray task."""
+    fs, root = get_fs(output, s3)
+    key = run_key(run_id, task_dir(group.task), f"part-{group.key_digest}.parquet")
+    rows_of: Counter = Counter()
+    with AtomicWriter(fs, posixpath.join(root, key)) as fh:
+        writer = pq.ParquetWriter(fh, SAMPLE_SCHEMA, compression=compression)
+        try:
+            for path, vids in group.sources:
+                with fs.open(path, "rb") as src:
+                    table = pq.read_table(src, schema=SAMPLE_SCHEMA)
+                table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(vids)))
+                rows_of.update(table.column("video_id").to_pylist())
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        finally:
+            writer.close()
+    return {"key": key, "task": group.task, "rows": sum(rows_of.values()),
+            "bytes": fs.size(posixpath.join(root, key)), "rows_of": dict(rows_of)}
+
+
+def _compact_own_shards(run: Run, cfg: Config, records: dict[str, dict],
+                        listed_order: dict[str, int], mapper: Mapper,
+                        ) -> tuple[list[dict], dict[str, Counter], dict[str, set]]:
+    """This run's staged rows as files of `write.rows_per_file` rows, written in parallel;
+    stale outputs of an interrupted earlier commit are removed.
     -> (shard entries keyed relative to OUT, rows per task per video, shard keys per video).
     """
-    seen: set[str] = set()
-    shards: list[dict] = []
+    groups = _plan_compaction(run, records, listed_order, cfg.write.rows_per_file)
+    fn = partial(compact_group, run.output, cfg.s3, run.run_id, compression=cfg.write.compression)
+    shards = mapper(fn, groups)
     rows_of: dict[str, Counter] = defaultdict(Counter)
     shards_of: dict[str, set] = defaultdict(set)
-    for path in sorted(fresh(run.fs).glob(run.p(task_dir("*"), SHARD_GLOB))):
-        with run.fs.open(path, "rb") as fh:
-            cols = pq.read_table(fh, columns=["sample_id", "video_id"])
-        sids, vids = cols.column("sample_id").to_pylist(), cols.column("video_id").to_pylist()
-        keep = []
-        for sid, vid in zip(sids, vids):
-            ok = sid not in seen and vid in keep_ids
-            keep.append(ok)
-            if ok:
-                seen.add(sid)
-        if all(keep):
-            size = run.fs.size(path)
-        else:
-            with run.fs.open(path, "rb") as fh:
-                table = pq.read_table(fh).filter(pa.array(keep))
-            if table.num_rows == 0:
-                run.fs.rm(path)
-                continue
-            data = parquet_bytes(table, compression)
-            write_bytes_atomic(run.fs, path, data)
-            size = len(data)
-        key = posixpath.relpath(path, run.root)
-        task = shard_task(key)
-        kept_vids = [v for v, k in zip(vids, keep) if k]
-        for vid in kept_vids:
-            rows_of[vid][task] += 1
-            shards_of[vid].add(key)
-        shards.append({"key": key, "task": task, "rows": len(kept_vids), "bytes": size})
+    for shard in shards:
+        for vid, n in shard.pop("rows_of").items():
+            rows_of[vid][shard["task"]] += n
+            shards_of[vid].add(shard["key"])
+    wanted = {posixpath.join(run.root, s["key"]) for s in shards}
+    present = fresh(run.fs).glob(run.p(task_dir("*"), "*.parquet"))
+    remove_many(run.fs, [p for p in present if p not in wanted], cfg.write.commit_parallelism)
+    shards.sort(key=lambda s: s["key"])
     return shards, rows_of, shards_of
 
 
@@ -234,14 +335,26 @@ def _carried_reason(entry: dict) -> str:
 
 
 def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float,
-           input_uri: str) -> dict[str, Any]:
-    """Finalize shards, write report.json, the ledger snapshot, manifest.json, then latest."""
-    listed_ids = {v["video_id"] for v in listed}
-    records = {r["video_id"]: r for r in read_video_records(run) if r["video_id"] in listed_ids}
+           input_uri: str, records: list[dict] | None = None,
+           mapper: Mapper | None = None, timings: dict[str, float] | None = None,
+           ) -> dict[str, Any]:
+    """Compact staged shards, write report.json + report.parquet, the ledger snapshot,
+    manifest.json, then latest; then delete the staged files.
+
+    `records`: this run's video records if the caller has read them already; `mapper`:
+    runs the compaction (default: a thread pool of write.commit_parallelism).
+    """
+    commit_start = time.time()
+    threads = cfg.write.commit_parallelism
+    mapper = mapper or thread_mapper(threads)
+    order = {v["video_id"]: i for i, v in enumerate(listed)}
+    if records is None:
+        records = read_video_records(run, threads)
+    records = {r["video_id"]: r for r in records if r["video_id"] in order}
     carried = {vid: e for vid, e in plan.carried.items() if vid not in records}
 
     compression = cfg.write.compression
-    own_shards, own_rows, own_shard_keys = _finalize_own_shards(run, set(records), compression)
+    own_shards, own_rows, own_shard_keys = _compact_own_shards(run, cfg, records, order, mapper)
     # Identical clips share sample_ids: where this run wrote rows for a content, its rows
     # win and the carried copies are dropped, so no sample_id is listed twice.
     own_content = {records[v]["content_id"] for v in own_rows if records[v].get("content_id")}
@@ -260,7 +373,7 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
             entry = carried[vid]
             videos.append({"uri": item["video_uri"], "video_id": vid, "status": "skipped",
                            "reason": _carried_reason(entry),
-                           "rows": json.loads(entry["rows_json"] or "{}"), "errors": [],
+                           "rows_json": entry["rows_json"] or "{}", "errors_json": "[]",
                            "carried_from": entry["done_run_id"]})
             entries.append(entry)
             continue
@@ -270,8 +383,8 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         errors = json.loads(rec.get("errors_json") or "[]")
         videos.append({
             "uri": item["video_uri"], "video_id": vid, "status": rec["status"],
-            "reason": rec.get("reason"), "rows": json.loads(rec.get("counts_json") or "{}"),
-            "errors": errors,
+            "reason": rec.get("reason"), "rows_json": rec.get("counts_json") or "{}",
+            "errors_json": json.dumps(errors), "carried_from": None, "_errors": errors,
         })
         entries.append({
             "video_id": vid, "content_id": rec.get("content_id"), "video_uri": item["video_uri"],
@@ -289,21 +402,25 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
     counts = {
         "videos": len(videos),
         "videos_by_status": dict(sorted(status_counts.items())),
-        "videos_processed": len(listed_ids & set(records)),
+        "videos_processed": len(records),
         "videos_carried": len(carried),
         "rows": sum(rows.values()),
         "rows_by_task": dict(sorted(rows.items())),
         "rows_written": sum(s["rows"] for s in own_shards),
         "failures_by_reason": dict(sorted(Counter(  # carried videos are counted above
             reason_kind(v["reason"]) for v in videos
-            if v["status"] != "ok" and "carried_from" not in v).items())),
+            if v["status"] != "ok" and not v["carried_from"]).items())),
         # Non-fatal per-task problems of ok videos (MLLM retries exhausted, no subject, ...).
         "task_errors_by_kind": dict(sorted(Counter(
             f"{e['task']}: {e['kind']}" for v in videos
-            for e in v.get("errors") or []).items())),
+            for e in v.pop("_errors", None) or []).items())),
         **fin.counts,   # rows_by_split, balanced_away, duplicates_dropped, content groups
     }
-    report = {"run_id": run.run_id, "videos": videos, "counts": counts}
+    # One row per listed video in Parquet (a million videos: tens of MB, read by column);
+    # report.json keeps only the counts, so it stays small at any size.
+    table = pa.Table.from_pylist(videos, schema=REPORT_SCHEMA)
+    write_bytes_atomic(run.fs, run.p(REPORT_VIDEOS), parquet_bytes(table, "zstd"))
+    report = {"run_id": run.run_id, "videos_file": REPORT_VIDEOS, "counts": counts}
     write_bytes_atomic(run.fs, run.p(REPORT), json.dumps(report, indent=1).encode())
     ledger_key = write_snapshot(run.fs, run.root, run.run_id, entries)
     here = run_key(run.run_id)
@@ -329,12 +446,34 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         "depends_on_runs": sorted({shard_run_id(s["key"]) for s in shards} - {run.run_id}),
         "ledger": ledger_key,
         "resumed": run.resumed,
+        # Where the wall time went (listing, planning, execute, commit up to the manifest).
+        "timings_s": {**(timings or {}), "commit": round(time.time() - commit_start, 2)},
     }
     # manifest.json last: its presence is what makes the run complete.
     write_bytes_atomic(run.fs, run.p(MANIFEST), json.dumps(manifest, indent=1).encode())
     write_bytes_atomic(run.fs, posixpath.join(run.root, LATEST), f"{RUNS_DIR}/{run.run_id}\n".encode())
+    # The compacted pre-split files (now copies of the per-split ones), then the staged
+    # files: copies of what the manifest lists (a crash before this leaves them in a complete
+    # run's hidden folders, where no reader looks).
     remove_staged(run, fin)
+    for folder in (STAGED_DIR, VIDEOS_DIR):
+        if fs_is_s3(run.fs):     # no folders on S3: delete the objects, 1000 per request
+            remove_many(run.fs, fresh(run.fs).find(run.p(folder)), threads)
+        elif run.fs.exists(run.p(folder)):
+            run.fs.rm(run.p(folder), recursive=True)
     return manifest
+
+
+# report.parquet: one row per listed video.
+REPORT_SCHEMA = pa.schema([
+    ("uri", pa.string()),
+    ("video_id", pa.string()),
+    ("status", pa.string()),              # ok | skipped | failed
+    ("reason", pa.string()),              # why not ok ('<stage>: <kind>: <detail>')
+    ("rows_json", pa.string()),           # rows per task in the dataset, JSON object
+    ("errors_json", pa.string()),         # non-fatal task errors, JSON list
+    ("carried_from", pa.string()),        # incremental: the run whose rows are carried over
+])
 
 
 def _versions() -> dict[str, str]:

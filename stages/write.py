@@ -1,7 +1,11 @@
-"""Shard writer: each batch of videos -> task-partitioned Parquet shards + video records.
+"""Shard writer: each batch of videos -> one staged Parquet file per task + video records.
 
-File names are digests of their content's ids, so a retried or resumed batch rewrites the
-same file instead of adding a copy; the run's finalize step removes any remaining overlap.
+Staged files (`_staged/task=<t>/`) are small (one writer batch); the commit compacts them
+into files of `write.rows_per_file` rows (pipeline/run.py). A video's rows of one task are
+in exactly one staged file, and its record lists those files: the commit keeps a video's
+rows only from the files its chosen record names, so a retried batch that landed twice is
+read once. File names are digests of their content's ids, so a retried or resumed batch
+rewrites the same file instead of adding a copy.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from proxyqa.core.config import S3Config
-from proxyqa.core.layout import VIDEOS_DIR, task_dir
+from proxyqa.core.layout import STAGED_DIR, VIDEOS_DIR, task_dir
 from proxyqa.core.schema import SAMPLE_SCHEMA, VIDEO_RECORD_SCHEMA
 from proxyqa.core.storage import get_fs, write_bytes_atomic
 from proxyqa.stages.base import Batch, to_rows
@@ -41,10 +45,10 @@ class ShardWriterStage:
 
     name = "write"
 
-    def __init__(self, run_uri: str, run_id: str, config_hash: str, rows_per_file: int,
+    def __init__(self, run_uri: str, run_id: str, config_hash: str,
                  compression: str = "zstd", s3: S3Config | None = None):
         self.run_uri, self.run_id, self.config_hash = run_uri, run_id, config_hash
-        self.rows_per_file, self.compression = rows_per_file, compression
+        self.compression = compression
         self.fs, self.root = get_fs(run_uri, s3)
 
     def _put(self, rel: str, table: pa.Table) -> str:
@@ -61,13 +65,13 @@ class ShardWriterStage:
         shards_of: dict[str, set[str]] = defaultdict(set)
         for task, samples in sorted(by_task.items()):
             samples.sort(key=lambda s: s["sample_id"])
-            for start in range(0, len(samples), self.rows_per_file):
-                chunk = samples[start:start + self.rows_per_file]
-                table = pa.Table.from_pylist(chunk, schema=SAMPLE_SCHEMA)
-                rel = self._put(f"{task_dir(task)}/part-{digest([s['sample_id'] for s in chunk])}.parquet",
-                                table)
-                for s in chunk:
-                    shards_of[s["video_id"]].add(rel)
+            table = pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA)
+            # Named by (video, sample) pairs: identical clips share sample_ids, and their
+            # batches must not overwrite each other's staged files.
+            name = digest([f"{s['video_id']}/{s['sample_id']}" for s in samples])
+            rel = self._put(f"{STAGED_DIR}/{task_dir(task)}/part-{name}.parquet", table)
+            for s in samples:
+                shards_of[s["video_id"]].add(rel)
         records = [self._record(row, sorted(shards_of.get(row["video_id"], ()))) for row in rows]
         # The records are written after the shards: a record on disk means its rows are too.
         table = pa.Table.from_pylist(records, schema=VIDEO_RECORD_SCHEMA)

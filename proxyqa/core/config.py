@@ -28,6 +28,12 @@ class Resources(Strict):
         None, ge=1, description="Worker (actor) count; null lets Ray size it to the cluster."
     )
     memory_gb: Optional[float] = Field(None, description="Heap memory reserved per worker, GiB.")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per worker, e.g. {decode_node: 0.01} or "
+        "{'accelerator_type:H100': 0.001}: the stage's workers run only on nodes that declare "
+        "them (`ray start --resources`, clusters/). Empty = any node with the CPUs/GPUs.",
+    )
 
 
 class S3Config(Strict):
@@ -425,8 +431,24 @@ class MLLMConfig(Strict):
 
 
 class WriteConfig(Strict):
-    rows_per_file: int = Field(2000, ge=1, description="Target rows per Parquet shard.")
+    rows_per_file: int = Field(
+        2000, ge=1,
+        description="Target rows per Parquet shard. Writers stage one small file per task per "
+        "batch; the commit compacts them (in parallel) into files of at least this many rows "
+        "(all but the last of each task), never splitting one video's rows of a task.",
+    )
     compression: str = Field("zstd", description="Parquet compression codec.")
+    commit_parallelism: int = Field(
+        16, ge=1,
+        description="Storage requests in flight at commit (staged-file compaction, record "
+        "reads, deletes): threads on the driver, or Ray tasks on a multi-node cluster.",
+    )
+    commit_on_workers_min_files: int = Field(
+        64, ge=1,
+        description="On a multi-node cluster, a commit that writes at least this many shard "
+        "files compacts them in Ray tasks on the workers (the driver moves no rows); fewer "
+        "are written by the driver's threads (starting task workers costs more).",
+    )
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
 
 
@@ -480,6 +502,43 @@ class RayConfig(Strict):
         "code, node lost); Ray restarts the worker each time. After the last, that call's "
         "videos are reported failed ('pipeline: lost: ...') and the run goes on.",
     )
+    videos_per_block: int = Field(
+        256, ge=1,
+        description="Most videos per Ray Data input block. Listing is cut into blocks of this "
+        "many videos (fewer when needed to give every CPU several blocks), so the driver holds "
+        "a few thousand block references for a million videos, not one object per video.",
+    )
+    lost_video_passes: int = Field(
+        1, ge=0,
+        description="After the dataset is consumed, videos without a record (their blocks were "
+        "lost with a node, or their worker died on every retry) are run again this many times "
+        "before they are reported 'pipeline: lost'.",
+    )
+    unschedulable_timeout_s: float = Field(
+        900.0, gt=0,
+        description="A stage whose workers fit on no live node (CPUs, GPUs, custom resources) "
+        "for this long ends the run with exit 3 and one line (resumable), instead of a hang. "
+        "Keep it above the time your autoscaler takes to add a node of that kind.",
+    )
+    shared_paths: bool = Field(
+        False,
+        description="Local input/output paths are on storage every Ray node sees (NFS, a "
+        "shared volume). Without it, a local path on a cluster of more than one node is "
+        "refused: each worker would read and write its own disk.",
+    )
+
+
+class LockConfig(Strict):
+    """One run at a time per output: OUT/_lock.json, created atomically (O_EXCL locally, a
+    conditional PUT with If-None-Match on S3)."""
+
+    enabled: bool = Field(True, description="Take the output lock (--incremental and --full).")
+    heartbeat_s: float = Field(30.0, gt=0, description="The holder refreshes the lock this often.")
+    expiry_s: float = Field(
+        600.0, gt=0,
+        description="A lock whose heartbeat is older than this is taken over (logged): its "
+        "holder died without releasing it.",
+    )
 
 
 class Config(Strict):
@@ -502,9 +561,10 @@ class Config(Strict):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    lock: LockConfig = Field(default_factory=LockConfig)
 
     @model_validator(mode="after")
-    def _resolve_caption_generators(self) -> "Config":
+    def _resolve_caption_generators(self) -> Config:
         # `auto` follows the MLLM switch, so `--set mllm.enabled=true` on a config that writes
         # rule captions gets MLLM-written ones, and the rest of the code sees rules or mllm.
         for task in (self.tasks.pose_description, self.tasks.pose_difference):

@@ -1,13 +1,15 @@
 """Names of a run's files and folders: the one place that spells the output layout.
 
     OUT/latest                          "runs/<run_id>": the newest committed run
+    OUT/_lock.json                      the run lock: one run at a time per OUT (owner, heartbeat)
     OUT/ledger/                         which video produced which rows (incremental runs)
     OUT/runs/<run_id>/_run.json         the run's identity (config hash, start time)
     OUT/runs/<run_id>/data/<task>/      Parquet shards of one task: <split>-<digest>.parquet
-                                        (staged as part-<digest>.parquet until the commit)
     OUT/runs/<run_id>/README.md         Hugging Face dataset card: one config per task, its splits
-    OUT/runs/<run_id>/_videos/          one record per input video (status, reason, counts)
+    OUT/runs/<run_id>/_staged/<task>/   small files the writers stage per batch (until commit)
+    OUT/runs/<run_id>/_videos/          staged records, one per processed video (until commit)
     OUT/runs/<run_id>/report.json       counts and failures by reason
+    OUT/runs/<run_id>/report.parquet    one row per listed video: status, reason, rows, errors
     OUT/runs/<run_id>/manifest.json     written last: its presence means the run is complete
 """
 from __future__ import annotations
@@ -21,7 +23,10 @@ LEDGER_DIR = "ledger"
 RUNS_DIR = "runs"
 RUN_META = "_run.json"
 VIDEOS_DIR = "_videos"
+STAGED_DIR = "_staged"
 REPORT = "report.json"
+REPORT_VIDEOS = "report.parquet"
+LOCK = "_lock.json"
 MANIFEST = "manifest.json"
 SHARD_GLOB = "part-*.parquet"
 

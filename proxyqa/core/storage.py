@@ -88,3 +88,54 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # unique: a retried writer may race the first
     fs.pipe_file(tmp, data)
     fs.mv(tmp, path)
+
+
+class AtomicWriter:
+    """A file object whose content appears at `path` only once closed without error: a
+    temp file then a rename locally; on S3 one (multipart) upload, which completes
+    atomically. Lets a large file be written in pieces without holding it in memory."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
+        self.fs, self.path = fs, path
+        if fs_is_s3(fs):
+            self.tmp = None
+            self.fh = fs.open(path, "wb")
+        else:
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            self.tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            self.fh = fs.open(self.tmp, "wb")
+
+    def __enter__(self):
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.tmp is None:
+            self.fh.discard() if hasattr(self.fh, "discard") else None  # abort the upload
+            return
+        self.fh.close()
+        if self.tmp is not None:
+            if exc_type is not None:
+                self.fs.rm(self.tmp)
+                return
+            self.fs.mv(self.tmp, self.path)
+
+
+def remove_many(fs: fsspec.AbstractFileSystem, paths: list[str], threads: int = 16) -> None:
+    """Delete files: S3 batches them (one DeleteObjects per 1000 keys), locally a thread
+    pool; files already gone are fine (a resumed commit may delete them twice)."""
+    if not paths:
+        return
+    if fs_is_s3(fs):
+        fs.rm(list(paths))
+        return
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rm(path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(rm, paths))

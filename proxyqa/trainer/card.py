@@ -19,7 +19,7 @@ from proxyqa.core.config import S3Config
 from proxyqa.core.layout import MANIFEST, REPORT
 from proxyqa.core.schema import COCO17, DIFFICULTY_FIELDS, SPLITS, TASK_FAMILY
 from proxyqa.core.storage import ensure_dir, get_fs, join, write_bytes_atomic
-from proxyqa.trainer.reader import RunError, iter_rows, load_json, resolve_run
+from proxyqa.trainer.reader import RunError, iter_rows, load_json, read_report, resolve_run
 
 # COCO-17 skeleton, as index pairs into COCO17.
 SKELETON = [(5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12), (11, 12),
@@ -273,7 +273,7 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
           f"{versions.get('pipeline', '?')} (schema {versions.get('schema', '?')}, "
           f"config `{manifest['config_hash']}`), completed {manifest.get('completed_at', '?')}.", "",
           f"- run: `{run_uri}`", f"- input: `{manifest.get('input', '')}`",
-          f"- videos: {counts.get('videos', len(report['videos']))} ("
+          f"- videos: {counts.get('videos', '?')} ("
           + ", ".join(f"{k} {v}" for k, v in counts.get("videos_by_status", {}).items()) + ")",
           f"- rows: {total} in {len(manifest['shards'])} shards", ""]
     if manifest.get("mode") == "incremental":
@@ -318,7 +318,7 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
 
     failures = counts.get("failures_by_reason", {})
     # Videos carried over from an earlier run (incremental) are in the dataset, not failures.
-    not_ok = [v for v in report["videos"] if v["status"] != "ok" and "carried_from" not in v]
+    not_ok = read_report(run_uri, s3, not_ok_only=True, limit=51)   # not a million rows
     md += ["## Videos not used (failures by reason)", ""]
     if failures:
         md += [_table(["reason", "videos"], list(failures.items())), ""]
@@ -330,7 +330,8 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
                       [[posixpath.basename(v["uri"]), v["status"], v["reason"] or ""]
                        for v in not_ok[:50]]), ""]
         if len(not_ok) > 50:
-            md += [f"... and {len(not_ok) - 50} more (see report.json).", ""]
+            more = sum(failures.values()) - 50
+            md += [f"... and {more} more (see report.parquet).", ""]
     else:
         md += ["Every listed video was processed.", ""]
     errors = Counter(counts.get("task_errors_by_kind", {}))

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from proxyqa.core.config import S3Config
-from proxyqa.core.layout import LATEST, MANIFEST, RUN_META
+from proxyqa.core.layout import LATEST, MANIFEST, REPORT, REPORT_VIDEOS, RUN_META
 from proxyqa.core.schema import DIFFICULTY_FIELDS, SPLITS
 from proxyqa.core.storage import get_fs, join
 
@@ -75,6 +75,38 @@ def _splits(split: str | Sequence[str] | None) -> set[str] | None:
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; splits: {list(SPLITS)}")
     return wanted
+
+
+def read_report(run_uri: str, s3: S3Config | None = None, not_ok_only: bool = False,
+                limit: int | None = None) -> list[dict]:
+    """The per-video report of a run: one dict per listed video (uri, video_id, status,
+    reason, rows, errors, carried_from), from report.parquet. `not_ok_only`: only videos
+    that are not ok and not carried over (the failures); `limit`: at most this many.
+    Runs made before report.parquet existed keep their videos in report.json."""
+    fs, path = get_fs(run_uri, s3)
+    file = posixpath.join(path, REPORT_VIDEOS)
+    if not fs.exists(file):
+        videos = load_json(run_uri, REPORT, s3).get("videos", [])
+        if not_ok_only:
+            videos = [v for v in videos if v["status"] != "ok" and not v.get("carried_from")]
+        return videos[:limit] if limit is not None else videos
+    import pyarrow.compute as pc
+
+    with fs.open(file, "rb") as fh:
+        table = pq.read_table(fh)
+    if not_ok_only:
+        table = table.filter(pc.and_(pc.not_equal(table["status"], "ok"),
+                                     pc.is_null(table["carried_from"])))
+    if limit is not None:
+        table = table.slice(0, limit)
+    out = []
+    for row in table.to_pylist():
+        row["rows"] = json.loads(row.pop("rows_json") or "{}")
+        row["errors"] = json.loads(row.pop("errors_json") or "[]")
+        if row["carried_from"] is None:
+            del row["carried_from"]
+        out.append(row)
+    return out
 
 
 def shard_list(run_uri: str, s3: S3Config | None = None,

@@ -16,7 +16,7 @@ import yaml
 
 from proxyqa.core.config import ConfigError, load_config
 from proxyqa.pipeline.cli import main
-from tests.helpers import REPO
+from tests.helpers import REPO, read_videos
 from tests.helpers.faults import FAST, scan_for
 from tests.helpers.ops import PROXYQA, child_env, frozen_config, kill_group
 
@@ -133,8 +133,8 @@ def test_secrets_stay_out_of_config_errors(tmp_path):
 HOSTILE_NAMES = ["..\\..\\evil one.mp4", "%2e%2e%2fevil.mp4", "-rf evil.mp4", "$(touch evil).mp4",
                  "evil\nnewline.mp4", ".hidden evil.mp4"]
 OUTPUT_FILES = re.compile(
-    r"latest|ledger/[\w.-]+\.parquet|runs/[\w.-]+/(manifest\.json|report\.json|_run\.json|"
-    r"README\.md|_videos/part-[0-9a-f]{20}\.parquet|"
+    r"latest|ledger/[\w.-]+\.parquet|runs/[\w.-]+/(manifest\.json|report\.json|report\.parquet|"
+    r"_run\.json|README\.md|_videos/part-[0-9a-f]{20}\.parquet|"
     r"data/[a-z_]+/(train|validation|test)-[0-9a-f]{20}\.parquet)")
 
 
@@ -157,7 +157,7 @@ def test_output_paths_come_from_ids_not_input_names(tmp_path, clips_dir):
     out = tmp_path / "out"
     no_pose = ("--set", "pose.backend=none")   # paths are the point here, not people
     assert run_cli(config, "--input", str(manifest), "--output", str(out), *FAST, *no_pose) == 0
-    report = json.loads(next(out.glob("runs/*/report.json")).read_text())
+    report = {"videos": read_videos(next(out.glob("runs/*/report.json")).parent)}
     assert sorted(os.path.normpath(v["uri"]) for v in report["videos"]) == \
         sorted(os.path.normpath(u) for u in listed)
     assert {v["status"] for v in report["videos"]} == {"ok"}

@@ -93,11 +93,14 @@ def test_killed_workers_are_retried_and_a_poison_video_is_reported_lost(tmp_path
         return not [k for k in kills if k[1] != poison]       # one good video, once
 
     code, output, kills, pose_pids = _run_and_kill(config, folder, out, should_kill,
-                                                   "--set", "ray.max_task_retries=1")
+                                                   "--set", "ray.max_task_retries=1",
+                                                   "--set", "ray.lost_video_passes=1")
     assert code == 0, output[-3000:]
     once = [uri for _, uri in kills if uri != poison]
     assert len(once) == 1, kills
-    assert [uri for _, uri in kills if uri == poison] == [poison] * 2   # first try + one retry
+    # First try + one retry, in the run's pass and again in its lost-video pass.
+    assert [uri for _, uri in kills if uri == poison] == [poison] * 4
+    assert "running them again (pass 2)" in output
     assert len(pose_pids) >= 3, "Ray did not start new pose actors"
     assert "retries remaining, so the task will be retried" in output
 

@@ -36,11 +36,36 @@ def read_run(run: Path | str, columns: list[str] | None = None,
     root = uri[len("s3://"):] if uri.startswith("s3://") else uri
     manifest = json.loads(fs.cat_file(posixpath.join(root, "manifest.json")))
     report = json.loads(fs.cat_file(posixpath.join(root, "report.json")))
+    report["videos"] = _videos(fs, root, report)
     rows = []
     for shard in manifest["shards"]:
         with fs.open(posixpath.normpath(posixpath.join(root, shard["path"])), "rb") as f:
             rows.extend(pq.read_table(f, columns=columns).to_pylist())
     return rows, manifest, report
+
+
+def _videos(fs, root: str, report: dict) -> list[dict]:
+    """The per-video report: report.parquet (one row per listed video) or, for runs made
+    before it existed, report.json's own list. JSON columns decoded as `rows` / `errors`."""
+    import posixpath
+
+    import pyarrow.parquet as pq
+
+    if "videos_file" not in report:
+        return report.get("videos", [])
+    with fs.open(posixpath.join(root, report["videos_file"]), "rb") as f:
+        videos = pq.read_table(f).to_pylist()
+    for video in videos:
+        video["rows"] = json.loads(video.pop("rows_json") or "{}")
+        video["errors"] = json.loads(video.pop("errors_json") or "[]")
+        if video.get("carried_from") is None:
+            video.pop("carried_from", None)
+    return videos
+
+
+def read_videos(run_dir: Path | str, endpoint_url: str | None = None) -> list[dict]:
+    """The per-video report of a finished run (see read_run)."""
+    return read_run(run_dir, columns=["sample_id"], endpoint_url=endpoint_url)[2]["videos"]
 
 
 def latest_run(output: Path) -> Path:

@@ -1,0 +1,33 @@
+"""Pure parts of the Ray wiring (pipeline/graph.py), no Ray: input blocks and the
+placement check the unschedulable watchdog uses."""
+from __future__ import annotations
+
+from proxyqa.core.config import load_config
+from proxyqa.pipeline.graph import input_blocks, unplaceable, videos_per_block
+
+
+def test_a_million_videos_make_a_few_thousand_blocks():
+    cfg = load_config(None, [])
+    assert videos_per_block(cfg, 1_000_000, 64) == 256            # capped
+    assert videos_per_block(cfg, 20_000, 2) == 256
+    assert videos_per_block(cfg, 2_000, 2) == 63                  # >= 16 blocks per CPU
+    assert videos_per_block(cfg, 9, 2) == 1                       # small runs: one per block
+    videos = [{"video_uri": f"/v/{i}.mp4", "video_id": f"id{i}", "size_bytes": i, "mtime": None,
+               "status": None, "reason": None} for i in range(1000)]
+    blocks = input_blocks(videos, 256)
+    assert [b.num_rows for b in blocks] == [256, 256, 256, 232]
+    assert blocks[3].column("video_id").to_pylist()[-1] == "id999"
+    assert blocks[0].schema.field("status").type == blocks[0].schema.field("video_uri").type
+
+
+def test_a_stage_is_unplaceable_only_when_no_single_node_fits_one_worker():
+    needs = {"DecodeStage": {"CPU": 0.25, "decode_node": 0.01},
+             "PoseStage": {"CPU": 2, "GPU": 1, "gpu_node": 0.01}}
+    cpu_node = {"CPU": 8, "decode_node": 1, "memory": 1e10}
+    gpu_node = {"CPU": 8, "GPU": 1, "gpu_node": 1}
+    assert unplaceable(needs, [cpu_node, gpu_node]) == []
+    assert unplaceable(needs, [cpu_node]) == ["PoseStage"]
+    assert unplaceable(needs, [gpu_node]) == ["DecodeStage"]
+    # Resources split over two nodes do not make one worker fit.
+    assert unplaceable(needs, [{"CPU": 8, "GPU": 1}, {"gpu_node": 1}]) == ["DecodeStage", "PoseStage"]
+    assert unplaceable(needs, []) == ["DecodeStage", "PoseStage"]
