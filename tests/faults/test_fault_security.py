@@ -59,7 +59,7 @@ def test_planted_secrets_never_reach_logs_or_outputs(tmp_path, clips_dir):
         tree["mllm"]["endpoint"] = {"api_key": SECRETS["mllm.endpoint.api_key"], "max_retries": 0,
                                     "base_url": "http://127.0.0.1:9/v1"}   # discard port: refused
         tree["s3"] = {"endpoint_url": endpoint, "key": SECRETS["s3.key"], "secret": SECRETS["s3.secret"]}
-        tree.setdefault("tasks", {})["enabled"] = ["temporal_order", "pose_description"]
+        tree.setdefault("tasks", {})["enabled"] = ["spatial_grounding", "pose_description"]
         config.write_text(yaml.safe_dump(tree))
         folder = tmp_path / "in"
         folder.mkdir()
