@@ -68,13 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           "--model/--base-url is given")
     vlm.add_argument("--vlm-dir", help="where to build it (default .cache/bench/qwen2_5_vl_<size>_random)")
     mllm.add_mllm_args(ap)
-    ap.set_defaults(concurrency="16,64")
+    ap.set_defaults(concurrency="16,64", mllm_batch=64)
     args = ap.parse_args(argv)
     if args.smoke:
         args.allow_cpu = True
         args.yolo_models, args.batches, args.frames = "yolo11n-pose.yaml", "1,4", 8
         args.stage_batch, args.videos_per_call, args.imgsz = 16, 1, 320
         args.videos, args.rounds, args.concurrency, args.vlm_size = 2, 1, "2", "tiny"
+        args.mllm_batch = 2
         args.max_tokens = min(args.max_tokens, 96)
     return args
 

@@ -5,8 +5,8 @@
         --tokenizer /models/qwen --vllm-python /opt/vllm/bin/python      # any running server
 
 Ours: MLLMStage (endpoint mode, all three MLLM tasks, structured output, max_retries 0)
-over the posed videos, in batches of --concurrency videos with endpoint.concurrency =
---concurrency, as one MLLM worker gets them from Ray Data. Every request it sends is
+over the posed videos, in batches of --mllm-batch videos (mllm.resources.batch_size) with
+endpoint.concurrency = --concurrency, as one MLLM worker gets them from Ray Data. Every request it sends is
 recorded exactly (messages with the JPEG data URLs, response_format, sampling).
 
 Theirs: `vllm bench serve` (vllm.benchmarks.serve: its parser, its client, its metrics)
@@ -75,7 +75,7 @@ serve.main(p.parse_args(sys.argv[2:]))
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mllm_args(ap)
-    ap.add_argument("--videos", type=int, default=18, help="videos (copies of the clips)")
+    ap.add_argument("--videos", type=int, default=32, help="videos (copies of the clips)")
     ap.add_argument("--rounds", type=int, default=2, help="ours/theirs pairs, alternated")
     ap.set_defaults(concurrency="4")
     return ap.parse_args(argv)
@@ -93,6 +93,9 @@ def add_mllm_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--server-arg", action="append", default=[],
                    help="extra vLLM server argument (repeatable), e.g. --server-arg=--max-num-seqs=64")
     g.add_argument("--concurrency", default="8,32", help="requests in flight to try")
+    g.add_argument("--mllm-batch", type=int, default=16,
+                   help="videos per stage call (mllm.resources.batch_size, what one MLLM worker "
+                        "gets from Ray Data at a time)")
     g.add_argument("--structured-output", default="response_format",
                    choices=["response_format", "extra_body", "none"])
     g.add_argument("--max-tokens", type=int, default=512)
@@ -220,7 +223,7 @@ def mllm_config(args: argparse.Namespace, base_url: str, concurrency: int):
     return common.bench_config(["mllm.enabled=true", f"mllm.endpoint.base_url={base_url}",
                                 f"mllm.endpoint.model={args.served_model_name}",
                                 f"mllm.endpoint.concurrency={concurrency}",
-                                f"mllm.resources.batch_size={concurrency}",
+                                f"mllm.resources.batch_size={args.mllm_batch}",
                                 f"mllm.endpoint.structured_output={args.structured_output}",
                                 f"mllm.sampling.max_tokens={args.max_tokens}",
                                 "mllm.endpoint.max_retries=0",
@@ -229,7 +232,7 @@ def mllm_config(args: argparse.Namespace, base_url: str, concurrency: int):
 
 def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: list[dict],
               record: Path | None = None) -> dict[str, Any]:
-    """MLLMStage over `rows` in batches of `concurrency` videos. Each request is recorded
+    """MLLMStage over `rows` in batches of --mllm-batch videos. Each request is recorded
     (exactly what the client sends) to `record` as JSONL for the replay."""
     from proxyqa.stages.base import to_batch
     from proxyqa.stages.mllm import MLLMStage
@@ -266,8 +269,8 @@ def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: 
     sent.clear()
     before = server.counters()
     with Clock() as c:
-        for s in range(0, len(rows), concurrency):
-            stage(to_batch([dict(r) for r in rows[s:s + concurrency]]))
+        for s in range(0, len(rows), args.mllm_batch):
+            stage(to_batch([dict(r) for r in rows[s:s + args.mllm_batch]]))
     srv = server_delta(server, before, c.wall)
     if record is not None:
         record.write_text("".join(json.dumps(x) + "\n" for x in sent))
