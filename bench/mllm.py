@@ -283,6 +283,9 @@ def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: 
             "client_requests_per_s": round(len(calls) / c.wall, 3),
             "client_output_tokens_per_s": round(sum(x["completion_tokens"] or 0 for x in ok) / c.wall, 1),
             **srv,
+            # Little's law: requests the server had from us on average. Contention from other
+            # processes slows both sides alike; gaps in what we send show here.
+            "mean_in_flight": round(sum(x["latency_s"] for x in calls) / c.wall, 2),
             "latency_p50_s": round(statistics.median(lat), 3),
             "latency_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3),
             "mean_images": _mean(x["images"] for x in ok),
@@ -326,6 +329,8 @@ def _vllm_bench(args: argparse.Namespace, server: Server, dataset: str, bench_ar
     out = {k: data.get(k) for k in ("completed", "failed", "duration", "request_throughput",
                                     "output_throughput", "total_output_tokens", "median_e2el_ms",
                                     "p99_e2el_ms")}
+    if data.get("mean_e2el_ms") and data.get("duration"):
+        out["mean_in_flight"] = round(data["mean_e2el_ms"] / 1000 * data["completed"] / data["duration"], 2)
     # The same server counters as ours, over the timed part only (less its warm-up request).
     srv = server_delta(server, before, data["duration"])
     warm = 1
@@ -428,7 +433,10 @@ def compare(args: argparse.Namespace, server: Server, rows: list[dict], rounds: 
                                       image_tokens(server, args.served_model_name, hw))
         req_r = [p["requests"] for p in passes if p.get("requests")]
         tok_r = [p["output_tokens"] for p in passes if p.get("output_tokens")]
+        fl = [p["ours"]["mean_in_flight"] / p["vllm_bench"]["mean_in_flight"] for p in passes
+              if p["vllm_bench"].get("mean_in_flight")]
         results.append({"concurrency": conc, "passes": passes, "random_mm": shape,
+                        "ratio_in_flight_median": _med(fl), "ratio_in_flight_range": _range(fl),
                         "ratio_requests_median": _med(req_r), "ratio_requests_range": _range(req_r),
                         "ratio_output_tokens_median": _med(tok_r),
                         "ratio_output_tokens_range": _range(tok_r)})
@@ -461,6 +469,7 @@ def summary_rows(result: dict) -> list[dict]:
                          "ours_req_s": o["server_requests_per_s"], "vllm_req_s": t.get("request_throughput"),
                          "ours_tok_s": o["server_output_tokens_per_s"], "vllm_tok_s": t.get("output_throughput"),
                          "ratio_req": p.get("requests"), "ratio_tok": p.get("output_tokens"),
+                         "ours_in_flight": o.get("mean_in_flight"), "vllm_in_flight": t.get("mean_in_flight"),
                          "foreign": max(o.get("foreign_cores", 0), t.get("foreign_cores", 0))})
     return rows
 
@@ -468,11 +477,13 @@ def summary_rows(result: dict) -> list[dict]:
 def print_result(result: dict) -> None:
     print(common.table(summary_rows(result), ["concurrency", "round", "requests", "ours_req_s", "vllm_req_s",
                                               "ours_tok_s", "vllm_tok_s", "ratio_req", "ratio_tok",
-                                              "foreign"], digits=3))
+                                              "ours_in_flight", "vllm_in_flight", "foreign"], digits=3))
     for run in result.get("runs", []):
         print(f"concurrency {run['concurrency']}: ours / vllm bench serve = "
               f"{run['ratio_requests_median']} requests/s (range {run['ratio_requests_range']}), "
-              f"{run['ratio_output_tokens_median']} output tokens/s (range {run['ratio_output_tokens_range']})")
+              f"{run['ratio_output_tokens_median']} output tokens/s (range {run['ratio_output_tokens_range']}); "
+              f"mean requests in flight {run.get('ratio_in_flight_median')} "
+              f"(range {run.get('ratio_in_flight_range')})")
         mm = run.get("random_mm")
         if mm and "error" not in mm:
             print(f"  random-mm shaped like ours {mm['shape']}: {mm['request_throughput']} req/s, "
