@@ -210,6 +210,10 @@ def bench_mllm(args: argparse.Namespace, device: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import signal
+
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so the vLLM server started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
     device = require_gpu(args)
     result: dict[str, Any] = {"machine": common.machine(), "device": device, "args": vars(args)}

@@ -27,9 +27,15 @@ def test_gpu_script_smoke(tmp_path):
     env = {**os.environ, "PROXYQA_SHARED": str(SHARED), "PROXYQA_BENCH_RESULTS": str(tmp_path / "results"),
            "PROXYQA_BENCH_WAIT_S": "0", "YOLO_OFFLINE": "1"}
     vlm = tmp_path / "qwen-tiny"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--vlm-dir", str(vlm)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--vlm-dir", str(vlm)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.terminate()      # SIGTERM: gpu.py stops the vLLM server it started (its own session)
+        out, err = proc.communicate(timeout=120)
+        pytest.fail(f"bench/gpu.py --smoke did not finish in 900 s:\n{out[-2000:]}{err[-2000:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
     result = json.loads((tmp_path / "results" / "gpu_smoke.json").read_text())
     assert result["device"] == "cpu"
 
