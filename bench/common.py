@@ -36,7 +36,7 @@ except ImportError:
 
 SHARED = Path(os.environ.get("PROXYQA_SHARED", REPO.parent / "shared")).resolve()
 CLIPS = SHARED / "data" / "clips"
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(os.environ.get("PROXYQA_BENCH_RESULTS", REPO / "bench" / "results"))   # tests: a tmp dir
 INPUTS = REPO / ".cache" / "bench" / "videos"      # generated copies (git-ignored .cache/)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 

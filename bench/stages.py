@@ -71,6 +71,7 @@ def measure(name: str, make: Callable[[], Callable], rows: list[dict], batch_siz
         "frames_per_s": round(frames / timed.wall, 2),
         "ms_per_video": round(1000 * timed.wall / len(rows), 1),
         "cpu_util": round(timed.cpu / timed.wall, 2),   # > 1: the stage uses several cores
+        "cpu_ms_per_video": round(1000 * timed.cpu / max(1, len(rows)), 1),
         "not_ok": len(bad), "foreign_cores": foreign,
     }
     if bad:
@@ -166,7 +167,9 @@ def _row(name: str, videos: int, frames: int, batch: int, startup: Clock, timed:
             "videos_per_s": round(videos / timed.wall, 4),
             "frames_per_s": round(frames / timed.wall, 2),
             "ms_per_video": round(1000 * timed.wall / videos, 1),
-            "cpu_util": round(timed.cpu / timed.wall, 2), "not_ok": 0, "foreign_cores": foreign}
+            "cpu_util": round(timed.cpu / timed.wall, 2),
+            "cpu_ms_per_video": round(1000 * timed.cpu / max(1, videos), 1),
+            "not_ok": 0, "foreign_cores": foreign}
 
 
 # ------------------------------------------------------------------ verification
@@ -224,6 +227,44 @@ def _zero() -> Clock:
     c = Clock()
     c.wall = c.cpu = 0.0
     return c
+
+
+# ------------------------------------------------------------------ the machine's limit
+
+def pose_model_passes(pose_cfg) -> int:
+    """Model passes per frame the config asks for: 1, plus 1 for a mirrored (flipped)
+    second pass when the pose config has one switched on (any truthy field named
+    *flip* or *mirror*, at the top of `pose` or in its backend's section)."""
+    passes = 1
+    sections = [pose_cfg, getattr(pose_cfg, pose_cfg.backend, None)]
+    for section in sections:
+        if section is None or not hasattr(section, "model_dump"):
+            continue
+        for key, value in section.model_dump().items():
+            if ("flip" in key or "mirror" in key) and value and not isinstance(value, dict):
+                passes += 1
+    return passes
+
+
+def machine_limit(results: list[dict], cfg) -> dict[str, Any]:
+    """Videos/s the machine allows: cores / the raw library CPU seconds one video needs for
+    the work the config does: raw decord get_batch + raw mediapipe detect x model passes
+    + task building + writing (the last two have no library below them: the stage is
+    the work). CPU seconds, not wall: a library using several threads costs more cores."""
+    import os
+
+    by = {r["stage"]: r for r in results}
+    passes = pose_model_passes(cfg.pose)
+    parts = {"decode (raw decord get_batch)": by["raw decord get_batch"]["cpu_ms_per_video"],
+             f"pose (raw mediapipe detect x {passes})": by["raw mediapipe detect"]["cpu_ms_per_video"] * passes,
+             "task building": by["tasks"]["cpu_ms_per_video"],
+             "writing": by["write"]["cpu_ms_per_video"]}
+    total_ms = sum(parts.values())
+    cores = os.cpu_count() or 1
+    return {"cores": cores, "pose_model_passes": passes,
+            "cpu_ms_per_video": {k: round(v, 1) for k, v in parts.items()},
+            "total_cpu_ms_per_video": round(total_ms, 1),
+            "videos_per_s": round(cores * 1000 / total_ms, 3)}
 
 
 # ------------------------------------------------------------------ main
@@ -298,14 +339,25 @@ def main(argv: list[str] | None = None) -> dict:
         "slowest_stage": slowest["stage"], "slowest_videos_per_s": slowest["videos_per_s"],
         "sequential_sum_ms_per_video": round(sum(x["ms_per_video"] for x in pipeline_stages), 1),
         "decode_vs_raw_decord": round(results[0]["frames_per_s"] / results[1]["frames_per_s"], 3),
+        "pose_vs_raw_mediapipe": round(results[2]["videos_per_s"] / results[3]["videos_per_s"], 3),
+        # The same by CPU seconds: what a busy machine distorts least (both single-threaded
+        # work of this process; on a quiet machine the two ratios agree).
+        "pose_vs_raw_mediapipe_cpu": round(results[3]["cpu_ms_per_video"] / results[2]["cpu_ms_per_video"], 3),
+        "machine_limit": machine_limit(results, cfg),
     }
     print(f"\nPer-stage isolated throughput: {n} videos, one process, warm "
           f"(load before {load_before}, after {summary['machine']['load_avg']})")
     print(common.table(results, ["stage", "videos", "frames", "batch_size", "videos_per_s",
-                                 "frames_per_s", "ms_per_video", "cpu_util", "startup_s", "not_ok",
+                                 "frames_per_s", "ms_per_video", "cpu_ms_per_video", "cpu_util", "startup_s", "not_ok",
                                  "foreign_cores"]))
     print(f"slowest pipeline stage: {slowest['stage']} ({slowest['videos_per_s']:.3f} videos/s); "
-          f"decode / raw decord (frames/s): {summary['decode_vs_raw_decord']:.2f}")
+          f"decode / raw decord (frames/s): {summary['decode_vs_raw_decord']:.2f}; "
+          f"pose / raw mediapipe (videos/s): {summary['pose_vs_raw_mediapipe']:.2f}, "
+          f"by CPU seconds {summary['pose_vs_raw_mediapipe_cpu']:.2f}")
+    lim = summary["machine_limit"]
+    print(f"machine limit: {lim['cores']} cores / {lim['total_cpu_ms_per_video']:.0f} CPU-ms per video "
+          f"({', '.join(f'{k} {v:.0f}' for k, v in lim['cpu_ms_per_video'].items())}) "
+          f"= {lim['videos_per_s']:.2f} videos/s")
     path = common.write_json("stages", summary)
     print(f"-> {path}")
     return summary
