@@ -123,12 +123,14 @@ def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched
         ha, hb = hashes[a], hashes[b]
         if max(_matched_share(ha, hb, max_hamming), _matched_share(hb, ha, max_hamming)) >= min_matched:
             union(a, b)
-    # Group id: a digest of the smallest member's content (stable while that member stays).
-    out = {}
+    # Group id: a digest of the smallest content_id among its members (stable while that
+    # member stays, and the same whatever URIs, hence video_ids, the copies were listed at).
+    smallest: dict[str, str] = {}
     for v in ids:
         root = find(v)
-        out[v] = hashlib.sha256((videos[root].get("content_id") or root).encode()).hexdigest()[:16]
-    return out
+        name = videos[v].get("content_id") or v
+        smallest[root] = min(smallest.get(root, name), name)
+    return {v: hashlib.sha256(smallest[find(v)].encode()).hexdigest()[:16] for v in ids}
 
 
 def split_for_group(group: str, cfg) -> str:

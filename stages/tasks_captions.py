@@ -16,7 +16,8 @@ from proxyqa.core.config import CaptionTaskConfig, MatchTaskConfig
 from proxyqa.core.people import subject_of
 from proxyqa.stages import captions as cap
 from proxyqa.stages import posecodes as pc
-from proxyqa.stages.sampling import RunContext, make_sample, rng_for
+from proxyqa.stages import templates
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
 from proxyqa.stages.tasks_spatial import Candidate, box_note, pick_diverse, subject_phrase
 
 SIDE_NOTE = " Left and right mean the person's own left and right, not the viewer's."
@@ -63,11 +64,13 @@ def pose_description(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
         who, named = subject_phrase(row, subject, [pos], "0_1000")
         text = cap.describe_pose(f.states, f.relations,
                                  _voice(row, "pose_description", str(pos), ctx.seed))
-        question = (f"Describe the body pose of {who}, body part by body part.{box_note(named)}"
-                    f"{SIDE_NOTE}")
+        tid, template = templates.pick("pose_description", "ask",
+                                       sample_id(row, "pose_description", f"{pos}", ctx))
+        question = f"{template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
         samples.append(make_sample(
             row, "pose_description", ctx, key=f"{pos}", positions=[pos], question=question,
-            answer=text, answer_struct={"facts": f.as_list()}, answer_source="geometry"))
+            answer=text, answer_struct={"facts": f.as_list()}, answer_source="geometry",
+            template_id=tid))
     return samples
 
 
@@ -93,11 +96,13 @@ def pose_difference(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
         used |= {a, b}
         who, named = subject_phrase(row, subject, [a, b], "0_1000")
         text = cap.describe_change(f, _voice(row, "pose_difference", f"{a},{b}", ctx.seed))
-        question = (f"{TWO_FRAMES} How does the pose of {who} change from Image 1 to Image 2?"
-                    f"{box_note(named)}{SIDE_NOTE}{UP_DOWN_NOTE}")
+        tid, template = templates.pick("pose_difference", "ask",
+                                       sample_id(row, "pose_difference", f"{a},{b}", ctx))
+        question = f"{TWO_FRAMES} {template.format(who=who)}{box_note(named)}{SIDE_NOTE}{UP_DOWN_NOTE}"
         samples.append(make_sample(
             row, "pose_difference", ctx, key=f"{a},{b}", positions=[a, b], question=question,
-            answer=text, answer_struct={"facts": f.as_list()}, answer_source="geometry"))
+            answer=text, answer_struct={"facts": f.as_list()}, answer_source="geometry",
+            template_id=tid))
     return samples
 
 
@@ -200,9 +205,10 @@ def _ask(row: dict, task: str, ctx: RunContext, cands: list[Candidate], n: int, 
                                   "edit": c.get("edit", "grid"),
                                   "facts": facts[index], "choice_facts": facts}
         pos = positions(c)
+        tid, template = templates.pick(task, "ask", sample_id(row, task, key, ctx))
         samples.append(make_sample(
-            row, task, ctx, key=key, positions=pos, question=question(pos), choices=texts,
-            answer=texts[index], answer_struct=struct, answer_source="geometry"))
+            row, task, ctx, key=key, positions=pos, question=question(pos, template), choices=texts,
+            answer=texts[index], answer_struct=struct, answer_source="geometry", template_id=tid))
     return samples
 
 
@@ -288,9 +294,9 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
     def render(o: dict[str, Value], c: dict, voice: cap.Voice) -> str:
         return cap.describe_pose(_desc_states(c["pose"], o), c["relations"], voice)
 
-    def question(pos: list[int]) -> str:
+    def question(pos: list[int], template: str) -> str:
         who, named = subject_phrase(row, subject, pos, "0_1000")
-        return (f"Which description fits the pose of {who}?{box_note(named)}{SIDE_NOTE}"
+        return (f"{template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
                 " Answer with the option's text.")
     return _ask(row, "description_match", ctx, cands, cfg.samples_per_video, rng, render,
                 lambda c: [c["pos"]], question)
@@ -354,11 +360,10 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
     def render(o: dict[str, Value], c: dict, voice: cap.Voice) -> str:
         return cap.describe_change(_change_option(c["change"], o, c["drop"]), voice)
 
-    def question(pos: list[int]) -> str:
+    def question(pos: list[int], template: str) -> str:
         who, named = subject_phrase(row, subject, pos, "0_1000")
-        return (f"{TWO_FRAMES} Which change of {who}'s pose happened between Image 1 and "
-                f"Image 2?{box_note(named)}{SIDE_NOTE}{UP_DOWN_NOTE} Answer with the "
-                "option's text.")
+        return (f"{TWO_FRAMES} {template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
+                f"{UP_DOWN_NOTE} Answer with the option's text.")
     return _ask(row, "change_match", ctx, cands, cfg.samples_per_video, rng, render,
                 lambda c: list(c["pair"]), question)
 

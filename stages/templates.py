@@ -116,6 +116,36 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "viewer's left/right, also relative to the hips)?",
         ),
     },
+    # Captions from geometry (stages/tasks_captions.py): {who} is the subject phrase; the
+    # box, side and up/down notes and the answer-format sentence follow the template.
+    "pose_description": {"ask": (
+        "Describe the body pose of {who}, body part by body part.",
+        "How is {who} holding their body? Go through it body part by body part.",
+        "Describe, part by part, the pose of {who}.",
+        "What pose is {who} in? Describe each body part.",
+        "Give a body-part-by-body-part description of how {who} is posed.",
+    )},
+    "pose_difference": {"ask": (
+        "How does the pose of {who} change from Image 1 to Image 2?",
+        "What changes in the pose of {who} between Image 1 and Image 2?",
+        "Describe how {who} moves from Image 1 to Image 2.",
+        "From Image 1 to Image 2, how does the body pose of {who} change?",
+        "Which pose changes does {who} make between Image 1 and Image 2?",
+    )},
+    "description_match": {"ask": (
+        "Which description fits the pose of {who}?",
+        "Which of these descriptions matches how {who} is posed?",
+        "Pick the description that is true of the pose of {who}.",
+        "Which option correctly describes the pose of {who}?",
+        "Which description of the pose of {who} is right?",
+    )},
+    "change_match": {"ask": (
+        "Which change of {who}'s pose happened between Image 1 and Image 2?",
+        "Which of these pose changes did {who} make between Image 1 and Image 2?",
+        "Pick the change in the pose of {who} that happened from Image 1 to Image 2.",
+        "Between Image 1 and Image 2, which option describes how the pose of {who} changed?",
+        "Which option is the true change in {who}'s pose from Image 1 to Image 2?",
+    )},
 }
 
 

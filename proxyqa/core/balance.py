@@ -164,6 +164,18 @@ def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
     smallest hash of its sample_id goes first, so the same rows give the same drops.
     """
     drops: set[int] = set()
+    # Videos go by a content-derived name (their smallest sample_id) instead of video_id,
+    # which hashes the URI: the same clips at other paths (local vs S3) get the same drops.
+    name: dict[str, str] = {}
+    for r in rows:
+        sid = str(r.get("sample_id", ""))
+        name[r["video_id"]] = min(name.get(r["video_id"], sid), sid)
+    # ... and in sample_id order: the greedy's ties go to the first candidate met, so the
+    # order rows arrive in (writer batches, compaction groups) must not matter.
+    order = sorted(range(len(rows)), key=lambda i: str(rows[i].get("sample_id", i)))
+    if droppable is not None:
+        droppable = [droppable[i] for i in order]
+    rows = [{**rows[i], "video_id": name[rows[i]["video_id"]]} for i in order]
     for members in _with_keys(rows).values():
         pool = defaultdict(list)   # (key, answer, video) -> droppable row indices
         for r in members:
@@ -172,7 +184,7 @@ def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
         for cands in pool.values():
             cands.sort(key=lambda i: _order(str(rows[i].get("sample_id", i))), reverse=True)
         _greedy(_Kind(members), pool, max_excess, len(members), drops)
-    return drops
+    return {order[i] for i in drops}
 
 
 def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[int]) -> None:
@@ -189,7 +201,7 @@ def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[
                 trial = dict(counts)
                 trial[(a, v)] = n - 1
                 delta = credit[key] - kind.group_credit(key, trial, minus=(a, v))
-                for other in fallback - {key}:
+                for other in sorted(fallback - {key}):
                     delta += credit[other] - kind.group_credit(other, minus=(a, v))
                 gain = delta - target
                 if gain > best_gain + 1e-12:

@@ -20,14 +20,21 @@ def all_clips_run(tmp_path_factory, clips_dir):
     return latest_run(out)
 
 
-def test_every_clip_is_reported_and_most_give_temporal_rows(all_clips_run, clips_dir):
+def test_every_clip_is_reported_and_temporal_rows_are_determinable(all_clips_run, clips_dir):
     rows, manifest, report = read_run(all_clips_run)
     clips = sorted(p.name for p in clips_dir.iterdir())
     assert sorted(v["uri"].split("/")[-1] for v in report["videos"]) == clips
     assert all(v["status"] == "ok" for v in report["videos"]), report["videos"]
-    for task in ("temporal_order", "temporal_direction"):
-        with_rows = {r["video_id"] for r in rows if r["task"] == task}
-        assert len(with_rows) >= 6, (task, len(with_rows))
+    # Temporal rows only where a person could decide them (docs/label_quality.md): frames
+    # spread over the configured span and gaps. On these short, mostly slow clips that is a
+    # few videos, not most.
+    cfg = manifest["config"]["tasks"]
+    temporal = [r for r in rows if r["task"] in ("temporal_order", "temporal_direction")]
+    assert temporal
+    for r in temporal:
+        ts = sorted(r["timestamps"])
+        assert ts[-1] - ts[0] >= cfg[r["task"]]["min_span_s"] - 1e-6, r["timestamps"]
+        assert min(b - a for a, b in zip(ts, ts[1:])) >= cfg[r["task"]].get("min_gap_s", 0.0) - 1e-6
     assert manifest["complete"] and manifest["counts"]["rows"] == len(rows)
     assert sum(s["rows"] for s in manifest["shards"]) == len(rows)
 

@@ -182,7 +182,7 @@ def test_bad_arguments_are_clear(small_run):
     with pytest.raises(ValueError, match="rank"):
         RunDataset(str(small_run), rank=2, world_size=2)
     with pytest.raises(ValueError, match="no task with a positive weight"):
-        RunDataset(str(small_run), task_weights={"pose_description": 1.0})
+        RunDataset(str(small_run), task_weights={"synthesized_qa": 1.0})   # no such rows
     with pytest.raises(RunError):
         RunDataset(str(small_run / "data" / "nothing"))
 
