@@ -51,7 +51,10 @@ class HOGPersonDetector:
         boxes = [[x / (w * up), y / (h * up), (x + bw) / (w * up), (y + bh) / (h * up)]
                  for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4), weights)
                  if wt >= self.min_weight]
-        order = np.argsort([-wt for wt in weights if wt >= self.min_weight])
+        kept = [wt for wt in weights if wt >= self.min_weight]
+        # Strongest first, ties by position: the same frame gives the same boxes whatever
+        # order OpenCV's threads returned the windows in.
+        order = sorted(range(len(boxes)), key=lambda i: (-kept[i], boxes[i]))
         return _nms([boxes[i] for i in order], NMS_IOU)
 
     def detect(self, frames_rgb: Sequence[np.ndarray]) -> list[list[Box]]:

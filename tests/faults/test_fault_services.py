@@ -130,7 +130,7 @@ def test_s3_stopped_mid_run_then_rerun(moto, tmp_path, tmp_path_factory, clips_d
 # ---- the MLLM endpoint down for a whole run, then an incremental rerun ----------------------
 
 MLLM_ROW_TASKS = ("pose_description", "pose_difference", "synthesized_qa")
-MLLM_TASKS = ("--set", f"tasks.enabled=[temporal_order,{','.join(MLLM_ROW_TASKS)}]")
+MLLM_TASKS = ("--set", f"tasks.enabled=[spatial_grounding,{','.join(MLLM_ROW_TASKS)}]")
 TWO_CLIPS = ["kinetics_clean_and_jerk.mp4", "decord_flipping_a_pancake.mkv"]
 
 
@@ -166,7 +166,7 @@ def test_videos_hit_by_an_mllm_outage_are_processed_again(mllm_outage, tmp_path)
     config, folder, first_out, rows, manifest, report = mllm_outage
     assert manifest["complete"] and {v["status"] for v in report["videos"]} == {"ok"}
     assert all(kinds == {"mllm_unreachable"} for kinds in _mllm_errors(report).values())
-    assert [r for r in rows if r["task"] == "temporal_order"]          # the rest of each video
+    assert [r for r in rows if r["task"] == "spatial_grounding"]       # the rest of each video
     ledger = pq.read_table(first_out / manifest["ledger"]).to_pylist()
     assert {tuple(e["retry_errors"]) for e in ledger} == {("mllm_unreachable",)}
 

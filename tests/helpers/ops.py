@@ -1,6 +1,7 @@
 """Helpers of the operations tests: `proxyqa run` as a real subprocess, run contents."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -87,3 +88,31 @@ def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+# Credentials for the moto S3 server (it takes any); what a test's child processes get too.
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def moto_s3_server():
+    """A real S3 endpoint (moto's server) on 127.0.0.1, with this process's AWS variables
+    pointed at it for the duration; yields its URL. Stopped (and the variables restored)
+    on exit."""
+    import pytest
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    mp = pytest.MonkeyPatch()
+    for key, value in AWS_ENV.items():
+        mp.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        mp.delenv(key, raising=False)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        mp.undo()
+        server.stop()

@@ -17,7 +17,7 @@ from tests.helpers.pose import make_pose_px, normalise
 
 W, H = 1000, 1100
 RAISED = normalise(make_pose_px(arms=((170, 175), (10, 175))), W, H)   # left arm up, right down
-MLLM_SET = ["--set", "tasks.enabled=[temporal_order,pose_description,pose_difference,synthesized_qa]"]
+MLLM_SET = ["--set", "tasks.enabled=[spatial_grounding,pose_description,pose_difference,synthesized_qa]"]
 
 
 # ---- verification rules (no server) ---------------------------------------------------------
@@ -216,7 +216,7 @@ def test_invalid_json_is_retried_then_recorded(tmp_path, two_clips, vllm_server)
     direct = [e for e in errors if e["task"] != "synthesized_qa"]   # the rest depend on them
     assert direct and all(e["kind"] == "mllm_invalid_output" and e["attempts"] == 2 for e in direct)
     assert not [r for r in rows if r["answer_source"] == "mllm"]
-    assert [r for r in rows if r["task"] == "temporal_order"]  # the rest of the video is kept
+    assert [r for r in rows if r["task"] == "spatial_grounding"]  # the rest of the video is kept
 
 
 @pytest.mark.vllm
@@ -250,7 +250,7 @@ def test_server_down_at_start_gives_error_rows_and_a_complete_run(tmp_path, two_
     kinds = {e["kind"] for e in _errors(report)}
     assert "mllm_unreachable" in kinds
     assert report["counts"]["task_errors_by_kind"]["pose_description: mllm_unreachable"] == 2
-    assert [r for r in rows if r["task"] == "temporal_order"]
+    assert [r for r in rows if r["task"] == "spatial_grounding"]
 
 
 @pytest.mark.vllm
@@ -274,7 +274,7 @@ def test_server_killed_mid_run(tmp_path, clips_dir):
     assert len([r for r in rows if r["answer_source"] == "mllm"]) == 1   # the one reply
     unreachable = [e for e in _errors(report) if e["kind"] == "mllm_unreachable"]
     assert len({e["task"] for e in unreachable}) >= 2 and all(e["detail"] for e in unreachable)
-    assert len([r for r in rows if r["task"] == "temporal_order"]) >= 3
+    assert len([r for r in rows if r["task"] == "spatial_grounding"]) >= 3
 
 
 def test_difference_prompt_names_the_subject_when_either_frame_has_others():

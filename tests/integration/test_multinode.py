@@ -35,7 +35,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import REPO, latest_run, read_run, run_cli
-from tests.helpers.ops import assert_no_duplicates, child_env, free_port, frozen_config, kill_group, wait_for
+from tests.helpers.ops import (
+    AWS_ENV,
+    assert_no_duplicates,
+    child_env,
+    free_port,
+    frozen_config,
+    kill_group,
+    moto_s3_server,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
@@ -43,8 +52,6 @@ RAY = str(Path(sys.executable).parent / "ray")      # the venv's: workers import
 PROXYQA = str(Path(sys.executable).parent / "proxyqa")
 CLIPS = ["kinetics_ta_chi.mp4", "decord_flipping_a_pancake.mkv", "pose2sim_single_cam01.mp4",
          "mmaction2_demo_skeleton.mp4"]
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
 WAIT_S = 20     # ray.unschedulable_timeout_s of these runs
 
 
@@ -142,23 +149,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def moto_s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    mp = pytest.MonkeyPatch()
-    for key, value in AWS_ENV.items():
-        mp.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        mp.delenv(key, raising=False)
     import boto3
 
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    yield endpoint, client
-    mp.undo()
-    server.stop()
+    with moto_s3_server() as endpoint:
+        yield endpoint, boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
 @pytest.fixture(scope="module")

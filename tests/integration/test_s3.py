@@ -9,29 +9,16 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import latest_run, read_run, run_cli
-from tests.helpers.ops import QUIET, assert_no_duplicates, child_env, frozen_config, run_proxyqa
+from tests.helpers.ops import AWS_ENV, QUIET, assert_no_duplicates, child_env, frozen_config, moto_s3_server, run_proxyqa
 
 pytestmark = pytest.mark.s3
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    mp = pytest.MonkeyPatch()
-    for key, value in AWS_ENV.items():
-        mp.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        mp.delenv(key, raising=False)
-    yield f"http://{host}:{port}"
-    mp.undo()
-    server.stop()
+    with moto_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

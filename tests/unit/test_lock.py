@@ -13,30 +13,16 @@ from proxyqa.core.config import LockConfig, load_config
 from proxyqa.core.storage import get_fs
 from proxyqa.pipeline.cli import main
 from proxyqa.pipeline.lock import LockHeld, RunLock
+from tests.helpers.ops import moto_s3_server
 
 
 @pytest.fixture(scope="module")
 def moto_endpoint():
-    import os
-
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    mp = pytest.MonkeyPatch()
-    for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        mp.delenv(key, raising=False)
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="locks")
-    assert os.environ["AWS_ACCESS_KEY_ID"] == "t"
-    yield endpoint
-    mp.undo()
-    server.stop()
+    with moto_s3_server() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="locks")
+        yield endpoint
 
 
 @pytest.fixture(params=["local", "s3"])
