@@ -33,6 +33,9 @@ class HOGPersonDetector:
     def __init__(self, min_weight: float = MIN_WEIGHT):
         import cv2
 
+        # One thread: HOG's multi-scale search groups the windows its threads return, and a
+        # different thread count (one per reserved CPU under Ray) can group them differently.
+        cv2.setNumThreads(1)
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.min_weight = min_weight

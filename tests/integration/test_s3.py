@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import latest_run, read_run, run_cli
+from tests.helpers import latest_run, read_run
 from tests.helpers.ops import AWS_ENV, QUIET, assert_no_duplicates, child_env, frozen_config, moto_s3_server, run_proxyqa
 
 pytestmark = pytest.mark.s3
@@ -72,9 +72,13 @@ def test_s3_to_s3_run_matches_local_run(s3, s3_endpoint, small_input, tmp_path):
     _upload(s3, small_input, "clips")
     config = frozen_config(tmp_path)
     local_out = tmp_path / "local"
-    assert run_cli(config, "--input", str(small_input), "--output", str(local_out), *QUIET) == 0
-    local_rows, local_manifest, _ = read_run(latest_run(local_out))
     env = child_env(**AWS_ENV)
+    # Both runs in their own process with the same environment (thread counts, Ray's own
+    # local cluster): what differs is only where the videos and the output are.
+    local = run_proxyqa("--config", str(config), "--input", str(small_input), "--output",
+                        str(local_out), *QUIET, env=env)
+    assert local.returncode == 0, local.stdout[-3000:]
+    local_rows, local_manifest, _ = read_run(latest_run(local_out))
     args = ["--config", str(config), "--input", "s3://videos/clips", "--output", "s3://datasets/qa",
             "--set", f"s3.endpoint_url={s3_endpoint}", *QUIET]
     proc = run_proxyqa(*args, env=env)
