@@ -130,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "audit")
     args = ap.parse_args(argv)
-    import pyarrow.parquet as pq
+
+    from proxyqa.core.storage import read_parquet
 
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     rows = []
     for shard in manifest["shards"]:
-        rows.extend(pq.read_table(args.run_dir / shard["path"]).to_pylist())
+        rows.extend(read_parquet(str(args.run_dir / shard["path"])).to_pylist())
     if args.tasks:
         rows = [r for r in rows if r["task"] in args.tasks]
     rows.sort(key=lambda r: r["sample_id"])

@@ -41,7 +41,7 @@ from proxyqa.core.config import Config
 from proxyqa.core.hf import hf_readme
 from proxyqa.core.layout import HF_README, SHARD_GLOB, VIDEOS_DIR, run_key, split_of_name, task_dir
 from proxyqa.core.schema import SPLITS
-from proxyqa.core.storage import fresh, write_bytes_atomic
+from proxyqa.core.storage import fresh, read_parquet, write_bytes_atomic
 from proxyqa.stages.write import digest, parquet_bytes
 
 ROW_COLUMNS = ["sample_id", "video_id", "task", "question", "answer", "choices", "frame_indices"]
@@ -148,7 +148,7 @@ def split_for_group(group: str, cfg) -> str:
 
 def _read(fs, root: str, key: str, columns: list[str] | None = None) -> pa.Table:
     with fs.open(posixpath.join(root, key), "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+        return read_parquet(fh, columns=columns)
 
 
 def _done_run_hashes(fs, root: str, run_ids: Iterable[str], wanted: set[str]) -> dict[str, list]:

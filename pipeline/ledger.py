@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir, task_of_key
-from proxyqa.core.storage import fresh, write_bytes_atomic
+from proxyqa.core.storage import fresh, read_parquet, write_bytes_atomic
 from proxyqa.stages.write import digest, parquet_bytes
 
 CARRIED_STATUSES = ("ok", "skipped")
@@ -94,7 +94,7 @@ def write_snapshot(fs, root: str, run_id: str, entries: Iterable[dict]) -> str:
 
 def read_snapshot(fs, root: str, run_id: str) -> list[dict]:
     with fs.open(posixpath.join(root, snapshot_key(run_id)), "rb") as fh:
-        return pq.read_table(fh, schema=LEDGER_SCHEMA).to_pylist()
+        return read_parquet(fh, schema=LEDGER_SCHEMA).to_pylist()
 
 
 @dataclass
@@ -175,7 +175,7 @@ def carry_shards(fs, root: str, run_id: str, base: Base, carried: dict[str, dict
             shards.append({"key": key, **stats, "task": shard_task(key)})
             continue
         with fs.open(posixpath.join(root, key), "rb") as fh:
-            table = pq.read_table(fh)
+            table = read_parquet(fh)
         table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(keep))))
         ids = table.column("sample_id").to_pylist()
         new_key = run_key(run_id, task_dir(shard_task(key)), f"carried-{digest(ids)}.parquet")

@@ -51,6 +51,7 @@ from proxyqa.core.storage import (
     fs_is_s3,
     get_fs,
     join,
+    read_parquet,
     remove_many,
     write_bytes_atomic,
 )
@@ -183,7 +184,7 @@ def thread_mapper(threads: int) -> Mapper:
 
 def _read_records_file(fs, path: str) -> list[dict]:
     with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist()
+        return read_parquet(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist()
 
 
 def read_video_records(run: Run, threads: int = 16) -> list[dict]:
@@ -288,7 +289,7 @@ def compact_group(output: str, s3: Any, run_id: str, group: _Group, compression:
         try:
             for path, vids in group.sources:
                 with fs.open(path, "rb") as src:
-                    table = pq.read_table(src, schema=SAMPLE_SCHEMA)
+                    table = read_parquet(src, schema=SAMPLE_SCHEMA)
                 table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(vids)))
                 rows_of.update(table.column("video_id").to_pylist())
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)

@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Iterable
 
 from proxyqa.core.config import Config
-from proxyqa.core.storage import fresh, fs_is_s3, full_uri, get_fs
+from proxyqa.core.storage import fresh, fs_is_s3, full_uri, get_fs, read_parquet
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 
@@ -107,10 +107,8 @@ def _read_manifest(fs, path: str) -> list[str]:
 def _manifest_uris(fs, path: str) -> list:
     lower = path.lower()
     if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
+            table = read_parquet(fh)
         if "uri" not in table.column_names:
             raise SourceError(f"manifest {path} has no 'uri' column")
         return table.column("uri").to_pylist()

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from proxyqa.core.config import S3Config
 from proxyqa.core.layout import LATEST, MANIFEST, REPORT, REPORT_VIDEOS, RUN_META
 from proxyqa.core.schema import DIFFICULTY_FIELDS, SPLITS
-from proxyqa.core.storage import get_fs, join
+from proxyqa.core.storage import get_fs, join, read_parquet
 
 try:  # torch is only needed to plug into a DataLoader
     from torch.utils.data import IterableDataset as _Base
@@ -93,7 +93,7 @@ def read_report(run_uri: str, s3: S3Config | None = None, not_ok_only: bool = Fa
     import pyarrow.compute as pc
 
     with fs.open(file, "rb") as fh:
-        table = pq.read_table(fh)
+        table = read_parquet(fh)
     if not_ok_only:
         table = table.filter(pc.and_(pc.not_equal(table["status"], "ok"),
                                      pc.is_null(table["carried_from"])))
@@ -159,7 +159,7 @@ def iter_rows(run_uri: str, columns: Sequence[str] | None = None,
     fs, _ = get_fs(run_uri, s3)
     for uri in shard_uris(run_uri, s3, tasks, split):
         with fs.open(get_fs(uri, s3)[1], "rb") as fh:
-            rows = pq.read_table(fh, columns=list(columns) if columns else None).to_pylist()
+            rows = read_parquet(fh, list(columns) if columns else None).to_pylist()
         yield from (r for r in rows if where is None or where(r))
 
 

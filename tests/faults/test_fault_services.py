@@ -16,9 +16,9 @@ import subprocess
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
+from proxyqa.core.storage import read_parquet
 from tests.helpers import latest_run, read_run, run_cli
 from tests.helpers.faults import FAST, GOOD_CLIPS, baseline, comparable
 from tests.helpers.ops import (
@@ -167,7 +167,7 @@ def test_videos_hit_by_an_mllm_outage_are_processed_again(mllm_outage, tmp_path)
     assert manifest["complete"] and {v["status"] for v in report["videos"]} == {"ok"}
     assert all(kinds == {"mllm_unreachable"} for kinds in _mllm_errors(report).values())
     assert [r for r in rows if r["task"] == "spatial_grounding"]       # the rest of each video
-    ledger = pq.read_table(first_out / manifest["ledger"]).to_pylist()
+    ledger = read_parquet(str(first_out / manifest["ledger"])).to_pylist()
     assert {tuple(e["retry_errors"]) for e in ledger} == {("mllm_unreachable",)}
 
     out = tmp_path / "out"

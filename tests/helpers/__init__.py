@@ -28,7 +28,8 @@ def read_run(run: Path | str, columns: list[str] | None = None,
     import posixpath
 
     import fsspec
-    import pyarrow.parquet as pq
+
+    from proxyqa.core.storage import read_parquet
 
     uri = str(run)
     fs = (fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint_url}, skip_instance_cache=True)
@@ -40,7 +41,7 @@ def read_run(run: Path | str, columns: list[str] | None = None,
     rows = []
     for shard in manifest["shards"]:
         with fs.open(posixpath.normpath(posixpath.join(root, shard["path"])), "rb") as f:
-            rows.extend(pq.read_table(f, columns=columns).to_pylist())
+            rows.extend(read_parquet(f, columns).to_pylist())
     return rows, manifest, report
 
 
@@ -49,12 +50,12 @@ def _videos(fs, root: str, report: dict) -> list[dict]:
     before it existed, report.json's own list. JSON columns decoded as `rows` / `errors`."""
     import posixpath
 
-    import pyarrow.parquet as pq
+    from proxyqa.core.storage import read_parquet
 
     if "videos_file" not in report:
         return report.get("videos", [])
     with fs.open(posixpath.join(root, report["videos_file"]), "rb") as f:
-        videos = pq.read_table(f).to_pylist()
+        videos = read_parquet(f).to_pylist()
     for video in videos:
         video["rows"] = json.loads(video.pop("rows_json") or "{}")
         video["errors"] = json.loads(video.pop("errors_json") or "[]")

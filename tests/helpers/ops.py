@@ -106,13 +106,25 @@ def moto_s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    # moto keeps its buckets in process-global backends, not per server: without a reset a
+    # second server in the same pytest process still serves the first one's objects (an
+    # S3 run once listed another module's extra clip that way).
+    _moto_reset(url)
     mp = pytest.MonkeyPatch()
     for key, value in AWS_ENV.items():
         mp.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         mp.delenv(key, raising=False)
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         mp.undo()
+        _moto_reset(url)
         server.stop()
+
+
+def _moto_reset(url: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30).close()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 
+from proxyqa.core.storage import read_parquet
 from tests.helpers import latest_run, read_run, run_cli
 from tests.helpers.ops import ID_COLUMNS, QUIET, assert_no_duplicates, copy_clips, frozen_config
 
@@ -108,7 +108,7 @@ def test_nightly_sequence(config, tmp_path, clips_dir):
     assert man6["mode"] == "full" and rep6["counts"]["videos_processed"] == 3
 
     # The ledger snapshot of each run lists every listed video and where its rows are.
-    ledger = pq.read_table(out / man4["ledger"]).to_pylist()
+    ledger = read_parquet(str(out / man4["ledger"])).to_pylist()
     assert {e["video_id"] for e in ledger} == {v["video_id"] for v in rep4["videos"]}
     for entry in ledger:
         assert entry["config_hash"] == man4["config_hash"] and entry["snapshot_run_id"] == man4["run_id"]

@@ -31,9 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from proxyqa.core.storage import read_parquet
 from tests.helpers import REPO, latest_run, read_run, run_cli
 from tests.helpers.ops import (
     AWS_ENV,
@@ -184,7 +184,7 @@ def _s3_rows(client, bucket: str, prefix: str) -> tuple[list[dict], dict]:
     rows = []
     for shard in manifest["shards"]:
         key = posixpath.normpath(posixpath.join(run, shard["path"]))
-        rows.extend(pq.read_table(io.BytesIO(get(key)), columns=["sample_id", "video_id"]).to_pylist())
+        rows.extend(read_parquet(io.BytesIO(get(key)), columns=["sample_id", "video_id"]).to_pylist())
     return rows, manifest
 
 

@@ -87,6 +87,7 @@ def test_s3_to_s3_run_matches_local_run(s3, s3_endpoint, small_input, tmp_path):
     rows, manifest, report = read_run(f"s3://datasets/qa/{run_prefix}", ["sample_id", "video_id", "video_uri"], s3_endpoint)
 
     assert manifest["config_hash"] == local_manifest["config_hash"]
+    assert sorted(v["uri"].rsplit("/", 1)[1] for v in report["videos"]) == sorted(p.name for p in small_input.iterdir())
     assert {r["sample_id"] for r in rows} == {r["sample_id"] for r in local_rows}
     assert_no_duplicates(rows)
     assert all(r["video_uri"].startswith("s3://videos/clips/") for r in rows)

@@ -7,10 +7,9 @@ import json
 import time
 from collections import Counter
 
-import pyarrow.parquet as pq
-
 from proxyqa.core.config import load_config
 from proxyqa.core.schema import empty_sample
+from proxyqa.core.storage import read_parquet
 from proxyqa.pipeline.run import Plan, commit, open_run
 from proxyqa.stages.write import ShardWriterStage
 from proxyqa.trainer.reader import read_report
@@ -65,7 +64,7 @@ def test_staged_batches_become_target_sized_shards_without_duplicates(tmp_path):
     rows = []
     per_task = Counter()
     for shard in manifest["shards"]:
-        table = pq.read_table(run_dir / shard["path"])
+        table = read_parquet(str(run_dir / shard["path"]))
         assert table.num_rows == shard["rows"]
         rows += table.to_pylist()
         per_task[shard["task"]] += 1
