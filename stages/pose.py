@@ -62,13 +62,15 @@ def mirror_frame(rgb: np.ndarray) -> np.ndarray:
 def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Person]],
                   mirrored: Sequence[Sequence[Person]] | None,
                   detections: Sequence[Sequence[list[float]]] | None,
-                  timestamps: Sequence[float], aspect: float, cfg: PoseConfig
+                  timestamps: Sequence[float], aspect: float, cfg: PoseConfig,
+                  faces: Sequence[Sequence[list[float]]] | None = None,
                   ) -> tuple[list[str | None], list[int]]:
     """The pose checks (stages/pose_checks.py) on the subject's skeleton in each frame.
 
     Returns per frame the flag (why the frame is unfit for geometry questions, or None) and
-    the number of people visible (skeletons + detector boxes no skeleton explains). Joints
-    the flip test or the other-person test reject get score 0 on `mine`, in place.
+    the number of people visible (skeletons + detector boxes and faces no skeleton
+    explains). Joints the flip test or the other-person test reject get score 0 on `mine`,
+    in place.
     """
     checks, min_score = cfg.checks, cfg.min_keypoint_score
     flags: list[str | None] = [None] * len(mine)
@@ -80,8 +82,17 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
         if mirrored is not None:   # the mirrored run may find someone the first run missed
             dets += [chk.mirror_box(m.box) for m in mirrored[pos]]
         missed = [d for d in dets if chk.explained(d, skeleton_boxes) is None]
-        counts.append(len(people[pos]) + len(missed))
+        lone_faces, face_on_subject = chk.foreign_faces(faces[pos] if faces is not None else [],
+                                                        people[pos], person)
+        lone_faces = [f for f in lone_faces if not any(chk.inside(f, d) for d in missed)]
+        counts.append(len(people[pos]) + len(missed) + len(lone_faces) + int(face_on_subject))
         if person is None:
+            continue
+        if face_on_subject:
+            flags[pos] = "another person's face at head height inside the subject's box"
+            continue
+        if chk.hidden_neighbour(pos, people, mine, timestamps, checks.hidden_within_s):
+            flags[pos] = "a person next to the subject is missing: hidden behind or merged into it"
             continue
         kps = person.keypoints
         if mirrored is not None:
@@ -99,11 +110,21 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
             if why is not None:
                 flags[pos] = why
                 continue
+        if checks.sides:
+            why = chk.sides_unclear(kps, aspect, min_score, checks.max_side_lean)
+            if why is not None:
+                flags[pos] = why
+                continue
         others += missed
         if chk.overlaps_other(person.box, others, checks.max_overlap):
             flags[pos] = "overlaps another person"
             continue
         kps[chk.joints_on_others(kps, person.box, others), 2] = 0.0
+        other_kps = [p.keypoints for p in people[pos] if p is not person]
+        if mirrored is not None:   # people only the mirrored run found, with their limbs
+            other_kps += [chk.mirror_back(m) for m in mirrored[pos]
+                          if chk.explained(chk.mirror_box(m.box), skeleton_boxes) is None]
+        kps[chk.joints_near_other_limbs(kps, other_kps, aspect, min_score), 2] = 0.0
     if checks.side_continuity:
         orients = [None if p is None or flags[i] is not None
                    else chk.orientation(p.keypoints, aspect, min_score)
@@ -112,6 +133,15 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
             if flipped:
                 flags[pos] = "left/right flip against the rest of the track"
     return flags, counts
+
+
+def face_detector_name(cfg: PoseConfig) -> str:
+    """`auto`: BlazeFace where mediapipe is the backend (so it is installed), none with
+    ultralytics (the gpu image has no mediapipe; YOLO finds overlapping people itself)."""
+    name = cfg.checks.face_detector
+    if name == "auto":
+        return "blazeface" if cfg.backend == "mediapipe" else "none"
+    return name
 
 
 class PoseStage(RowStage):
@@ -128,7 +158,7 @@ class PoseStage(RowStage):
     name = "pose"
 
     def __init__(self, cfg: PoseConfig, estimator: PoseEstimator | None = None,
-                 detector: Any = None):
+                 detector: Any = None, face_detector: Any = None):
         self.cfg = cfg
         self.estimator = estimator if estimator is not None else build_estimator(cfg)
         if detector is None and cfg.checks.person_detector == "hog":
@@ -136,6 +166,11 @@ class PoseStage(RowStage):
 
             detector = HOGPersonDetector()
         self.detector = detector
+        if face_detector is None and face_detector_name(cfg) == "blazeface":
+            from proxyqa.models.face_detector import BlazeFaceDetector
+
+            face_detector = BlazeFaceDetector()
+        self.face_detector = face_detector
         self._predicted: dict[int, tuple[list[np.ndarray], list[list[Person]],
                                          list[list[Person]] | None]] = {}
 
@@ -223,8 +258,9 @@ class PoseStage(RowStage):
         if self.cfg.checks.flip_test and mirrored is None:
             mirrored = self.estimator.predict([mirror_frame(f) for f in frames])
         detections = self.detector.detect(frames) if self.detector is not None else None
+        faces = self.face_detector.detect(frames) if self.face_detector is not None else None
         flags, counts = check_subject(mine, people, mirrored, detections, timestamps,
-                                      frames[0].shape[1] / frames[0].shape[0], self.cfg)
+                                      frames[0].shape[1] / frames[0].shape[0], self.cfg, faces)
         # After the checks: a joint they rejected is stored with score 0 in both columns.
         row["persons_json"] = encode_people(people)
         row["subject_json"] = Subject.from_people(subject_id, self.cfg.subject_rule, mine,

@@ -15,6 +15,10 @@ skeletons a pose model gets wrong in ways the answer cannot show (docs/label_qua
   width (the collapsed skeleton of two merged people).
 - `overlaps_other` / `joints_on_others`: a subject overlapping another person (skeleton or
   person-detector box) enough to confuse parts; joints lying on another person.
+- `foreign_faces`: a face no skeleton explains: a person the pose model missed, or, at head
+  height inside the subject's box, a second person the skeleton was merged with.
+- `sides_unclear`: a right skeleton whose sides a viewer still cannot tell (bent far over,
+  legs crossed).
 
 Every check is a small pure function on COCO-17 keypoints (17 x [x, y, score], fractions of
 the frame) so the unit tests can call it directly; the pose stage (stages/pose.py) applies
@@ -269,6 +273,109 @@ def joints_on_others(kps: np.ndarray, own_box: Sequence[float],
     return on & ~near
 
 
+MAX_SIDE_LEAN = 45.0     # degrees from vertical: beyond it a viewer cannot tell the sides
+CROSS_MARGIN = 0.1       # torso lengths by which crossed ankles/knees must be reversed
+HEAD_JOINTS = [J[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
+FACE_HEAD_BAND = 0.3     # a face belongs to the subject's box only in its top 30%
+
+
+def sides_unclear(kps: np.ndarray, aspect: float, min_score: float,
+                  max_lean: float = MAX_SIDE_LEAN) -> Optional[str]:
+    """Why a viewer could not tell this body's left limbs from its right, or None.
+
+    The audit found these rows ambiguous although the skeleton was right: a body bent far
+    over or lying (torso more than `max_lean` degrees from vertical: arms and legs hang in
+    any order) and crossed legs (ankles or knees in the opposite left-right order to the
+    hips by CROSS_MARGIN torso lengths). A model that reads sides from such frames is
+    guessing, and so would be the question."""
+    scale = torso_length(kps, aspect, min_score)
+    if scale is None:
+        return None
+    px = _px(kps, aspect)
+    conf = kps[:, 2] >= min_score
+
+    def ok(*names: str) -> bool:
+        return all(conf[J[n]] for n in names)
+
+    if ok("left_shoulder", "right_shoulder", "left_hip", "right_hip"):
+        mid_sh = (px[J["left_shoulder"]] + px[J["right_shoulder"]]) / 2
+        mid_hip = (px[J["left_hip"]] + px[J["right_hip"]]) / 2
+        lean = _angle_from_up(mid_sh - mid_hip)
+        if max_lean < lean <= 180.0 - UPRIGHT_LEAN:   # inverted torsos are `implausible`'s
+            return f"torso leans {lean:.0f} degrees: left and right limbs not told apart"
+    if not ok("left_hip", "right_hip"):
+        return None
+    hips = px[J["left_hip"], 0] - px[J["right_hip"], 0]
+    for joint in ("ankle", "knee"):
+        if ok(f"left_{joint}", f"right_{joint}"):
+            apart = px[J[f"left_{joint}"], 0] - px[J[f"right_{joint}"], 0]
+            if abs(hips) >= CROSS_MARGIN * scale and apart * np.sign(hips) < -CROSS_MARGIN * scale:
+                return f"legs crossed at the {joint}s"
+    return None
+
+
+def foreign_faces(faces: Sequence[Sequence[float]], people: Sequence[Person],
+                  subject: Optional[Person], head_score: float = 0.3
+                  ) -> tuple[list[list[float]], bool]:
+    """Faces no skeleton's head explains: (faces outside every skeleton box, whether one
+    sits at head height inside the subject's box).
+
+    A face is explained by a skeleton with a head joint (score >= `head_score`) inside the
+    face box grown by one face width. An unexplained face in the top FACE_HEAD_BAND of the
+    subject's box is a second person's head there (two people hugging: one skeleton, two
+    faces); lower down it is more likely skin (a hand, an arm) than a face, and is ignored.
+    Unexplained faces outside every skeleton box are people the pose model missed."""
+    missed: list[list[float]] = []
+    in_subject = False
+    for face in faces:
+        fw, fh = face[2] - face[0], face[3] - face[1]
+        x1, y1, x2, y2 = face[0] - fw, face[1] - fh, face[2] + fw, face[3] + fh
+        if any(any(p.keypoints[j, 2] >= head_score and x1 <= p.keypoints[j, 0] <= x2
+                   and y1 <= p.keypoints[j, 1] <= y2 for j in HEAD_JOINTS) for p in people):
+            continue
+        cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
+        if subject is not None:
+            b = subject.box
+            if b[0] <= cx <= b[2] and b[1] <= cy <= b[1] + FACE_HEAD_BAND * (b[3] - b[1]):
+                in_subject = True
+                continue
+        if not any(p.box[0] <= cx <= p.box[2] and p.box[1] <= cy <= p.box[3] for p in people):
+            missed.append(list(face))
+    return missed, in_subject
+
+
+NEAR_OTHER_LIMB = 0.25   # torso lengths: a joint this close to another person's arm or leg
+
+
+LIMB_SEGMENTS = [(J[f"{s}_{a}"], J[f"{s}_{b}"]) for s in ("left", "right")
+                 for a, b in (("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle"))]
+
+
+def joints_near_other_limbs(kps: np.ndarray, others: Sequence[np.ndarray], aspect: float,
+                            min_score: float, near: float = NEAR_OTHER_LIMB) -> np.ndarray:
+    """Per limb joint: True where it lies within `near` torso lengths of another skeleton's
+    arm or leg. Hands that touch (feeding, holding, dancing) cannot be told apart by a
+    viewer, and a pose model puts one person's wrist on the other's hand (CrowdPose 106848:
+    the subject's right wrist on the hand feeding him, inside his own torso region, where
+    `joints_on_others` does not look)."""
+    scale = torso_length(kps, aspect, min_score)
+    out = np.zeros(len(kps), bool)
+    if scale is None:
+        return out
+    px = _px(kps, aspect)
+    for other in others:
+        opx, conf = _px(other, aspect), np.asarray(other)[:, 2] >= min_score
+        for a, b in LIMB_SEGMENTS:
+            if not (conf[a] and conf[b]):
+                continue
+            seg = opx[b] - opx[a]
+            t = np.clip(((px - opx[a]) @ seg) / max(float(seg @ seg), 1e-12), 0.0, 1.0)
+            dist = np.linalg.norm(px - (opx[a] + t[:, None] * seg), axis=1)
+            out |= dist < near * scale
+    out[: LIMB_JOINTS[0]] = False   # the face: a head next to someone's arm is still that head
+    return out
+
+
 PARTIAL_HEIGHT = 0.5   # a skeleton box shorter than this x the detector box around it is partial
 
 
@@ -282,6 +389,40 @@ def explained(det: Sequence[float], skeleton_boxes: Sequence[Sequence[float]]) -
                 or (det[0] <= cx <= det[2] and det[1] <= cy <= det[3])):
             return i
     return None
+
+
+HIDDEN_WITHIN_S = 1.0    # a person next to the subject does not vanish faster than this
+
+
+def hidden_neighbour(pos: int, people: Sequence[Sequence[Person]], mine: Sequence[Optional[Person]],
+                     timestamps: Sequence[float], within_s: float = HIDDEN_WITHIN_S) -> bool:
+    """Whether someone who touched the subject's box within `within_s` seconds of frame
+    `pos` (before or after) is missing from it: that person is most likely hidden behind,
+    or merged into, the subject's skeleton (two people hugging give one skeleton whose
+    head can sit on either face; measured on the shared mmaction2 clip)."""
+    here = {p.track_id for p in people[pos] if p.track_id is not None}
+    for other in range(len(people)):
+        if other == pos or abs(timestamps[other] - timestamps[pos]) > within_s or mine[other] is None:
+            continue
+        sbox = mine[other].box
+        for p in people[other]:
+            if p is mine[other] or p.track_id is None or p.track_id in here:
+                continue
+            if _touching(p.box, sbox):
+                return True
+    return False
+
+
+def _touching(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Boxes overlapping, or apart by under 10% of the taller one's height."""
+    gap = 0.1 * max(a[3] - a[1], b[3] - b[1])
+    return a[0] - gap <= b[2] and b[0] - gap <= a[2] and a[1] - gap <= b[3] and b[1] - gap <= a[3]
+
+
+def inside(inner: Sequence[float], outer: Sequence[float]) -> bool:
+    """Whether the centre of box `inner` lies in box `outer`."""
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3]
 
 
 def partial_body(box: Sequence[float], detections: Sequence[Sequence[float]]) -> bool:

@@ -77,6 +77,8 @@ class Rules:
     direction_margin: float = 0.15       # displacement needed for an up/down/left/right fact
     most_moved_min: float = 0.3          # the most moved part moved at least this much
     most_moved_margin: float = 0.2       # ... and this much more than any other part
+    most_moved_ratio: float = 2.0        # ... and this many times as much (audit: a "most
+    #                                      moved" hand with the other hand moving 0.6x as much)
     min_motion_joints: int = 5           # joints needed for an overall pose-motion figure
 
 
@@ -396,12 +398,15 @@ def joint_motion(kps_a, kps_b, width: int, height: int, min_score: float,
 
 
 def most_moved(motion: dict[str, PartMotion], rules: Rules = DEFAULT_RULES) -> Optional[str]:
-    """The part that moved most relative to the hips, if it clearly beats every other part."""
+    """The part that moved most relative to the hips, if it clearly beats every other part:
+    by `most_moved_margin` body units and by `most_moved_ratio` times (a viewer cannot pick
+    between two hands that both moved, even when one moved 0.2 more)."""
     if len(motion) < 2:
         return None
     ranked = sorted(motion, key=lambda p: motion[p].amount, reverse=True)
     top, second = motion[ranked[0]].amount, motion[ranked[1]].amount
-    if top >= rules.most_moved_min and top - second >= rules.most_moved_margin:
+    if (top >= rules.most_moved_min and top - second >= rules.most_moved_margin
+            and top >= rules.most_moved_ratio * second):
         return ranked[0]
     return None
 

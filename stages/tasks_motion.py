@@ -51,7 +51,8 @@ def same_facing(kps_a, kps_b, aspect: float, min_score: float) -> bool:
 
 
 def motion_rules(cfg: MotionCompareConfig) -> pc.Rules:
-    return pc.Rules(direction_margin=cfg.direction_margin, most_moved_margin=cfg.most_moved_margin)
+    return pc.Rules(direction_margin=cfg.direction_margin, most_moved_margin=cfg.most_moved_margin,
+                    most_moved_ratio=cfg.most_moved_ratio)
 
 
 def _intro(who: tuple[str, bool]) -> str:

@@ -1,7 +1,9 @@
 """Temporal proxy tasks whose answers come from construction: frame order and direction."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import math
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import cv2
@@ -14,7 +16,7 @@ from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
 # Optional pose guard: (row, pos_a, pos_b) -> subject motion in body-size units, or None.
 PoseMotion = Callable[[dict, int, int], Optional[float]]
 
-MAX_TRIES = 30
+MAX_CANDIDATES = 4000   # frame sets looked at per video: all of them at 16 frames, k = 4
 
 
 def grey_thumbs(frames_jpeg: list[bytes], side: int = 64) -> np.ndarray:
@@ -56,20 +58,49 @@ def one_way(row: dict, chosen: list[int], pose_motion: PoseMotion, min_step: flo
     return all(b - a >= min_step for a, b in zip(away, away[1:]))
 
 
+def _candidates(n: int, k: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Sorted k-frame sets in a seeded random order: every set when there are at most
+    MAX_CANDIDATES (the few that pass the determinability rules are found wherever they
+    are), else MAX_CANDIDATES distinct random draws."""
+    if math.comb(n, k) <= MAX_CANDIDATES:
+        sets = list(itertools.combinations(range(n), k))
+        for i in rng.permutation(len(sets)):
+            yield list(sets[i])
+        return
+    seen: set[tuple[int, ...]] = set()
+    for _ in range(MAX_CANDIDATES):
+        chosen = tuple(sorted(rng.choice(n, size=k, replace=False).tolist()))
+        if chosen not in seen:
+            seen.add(chosen)
+            yield list(chosen)
+
+
+def _cached(pose_motion: PoseMotion) -> PoseMotion:
+    """The same row's frame pairs come up in many candidate sets: compute each once."""
+    memo: dict[tuple[int, int, int], Optional[float]] = {}
+
+    def motion(row: dict, a: int, b: int) -> Optional[float]:
+        key = (id(row), a, b)
+        if key not in memo:
+            memo[key] = pose_motion(row, a, b)
+        return memo[key]
+    return motion
+
+
 def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
                    thumbs: np.ndarray, pose_motion: PoseMotion | None = None) -> list[dict]:
     n, k = len(row["frames_jpeg"]), cfg.frames
     if n < k or cfg.samples_per_video == 0:
         return []
     rng = rng_for(row, "temporal_order", ctx.seed)
-    samples, used = [], set()
-    for _ in range(MAX_TRIES):
+    if pose_motion is not None:
+        pose_motion = _cached(pose_motion)
+    samples = []
+    for chosen in _candidates(n, k, rng):
         if len(samples) >= cfg.samples_per_video:
             break
-        chosen = sorted(rng.choice(n, size=k, replace=False).tolist())
-        if tuple(chosen) in used or not _distinct_in_time(row, chosen):
+        if not _distinct_in_time(row, chosen):
             continue
-        used.add(tuple(chosen))
         pairs = list(zip(chosen, chosen[1:]))
         diff = min(frame_diff(thumbs, a, b) for a, b in pairs)
         if diff < cfg.min_frame_diff:
@@ -93,7 +124,8 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
         ts = row["timestamps"]
         samples.append(make_sample(
             row, "temporal_order", ctx, key=key, positions=shown,
-            question=template.format(k=k), answer=", ".join(str(o + 1) for o in order),
+            question=template.format(k=k, first=order[0] + 1),
+            answer=", ".join(str(o + 1) for o in order),
             answer_struct={"order": order}, answer_source="construction",
             template_id=template_id,
             difficulty={"time_gap_s": min(ts[b] - ts[a] for a, b in pairs), "frame_diff": diff,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 
 # Placeholders per variant:
-#   temporal_order.order: {k}
+#   temporal_order.order: {k} {first} (the earliest frame is named: which end of a pose
+#     change came first is often not in the picture; the order of the rest is)
 #   temporal_direction.clip: {k}
 #   spatial_grounding.point: {part} {who};  .box: {part} {joints} {who}
 #   body_part_state.state: {part} {who}
@@ -23,19 +24,20 @@ import hashlib
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "temporal_order": {"order": (
         "The {k} images are frames from one video, shown in random order as Image 1 to "
-        "Image {k}. Put them in the order they happened. Answer with the image numbers in "
-        "chronological order, separated by commas.",
+        "Image {k}; Image {first} is the earliest. Put them in the order they happened. "
+        "Answer with the image numbers in chronological order, separated by commas.",
         "These {k} frames come from the same video but are shuffled (Image 1 to Image {k}). "
-        "Which order did they happen in? List the image numbers from earliest to latest, "
+        "Image {first} came first. Which order did they happen in? List the image numbers "
+        "from earliest to latest, separated by commas.",
+        "Image 1 to Image {k} were taken from one video and mixed up; the video starts at "
+        "Image {first}. Sort them by time: give the image numbers from first to last, "
         "separated by commas.",
-        "Image 1 to Image {k} were taken from one video and mixed up. Sort them by time: "
-        "give the image numbers from first to last, separated by commas.",
-        "Here are {k} shuffled frames of a single video, labelled Image 1 to Image {k}. "
-        "Reconstruct the timeline and answer with the image numbers in the order the frames "
-        "were recorded, separated by commas.",
+        "Here are {k} shuffled frames of a single video, labelled Image 1 to Image {k}, and "
+        "Image {first} is the first of them. Reconstruct the timeline and answer with the "
+        "image numbers in the order the frames were recorded, separated by commas.",
         "The frames Image 1 to Image {k} belong to one video but are not in time order. "
-        "Which image comes first, which next, and so on? Answer with the image numbers in "
-        "chronological order, separated by commas.",
+        "Starting from Image {first}, which comes next, and so on? Answer with the image "
+        "numbers in chronological order, separated by commas.",
     )},
     "temporal_direction": {"clip": (
         "These {k} frames are shown one after another as a short clip. Is the clip playing "

@@ -158,6 +158,27 @@ class PoseChecksConfig(Strict):
         description="Person detector independent of the pose model (OpenCV HOG, CPU, offline): "
         "counts people the pose model missed and checks overlaps.",
     )
+    face_detector: Literal["auto", "blazeface", "none"] = Field(
+        "auto",
+        description="Face detector independent of the pose model (BlazeFace full-range from the "
+        "mediapipe wheel): a face no skeleton explains is a missed person, or, inside the "
+        "subject's box, a second person merged into it. auto = blazeface with the mediapipe "
+        "backend, none with ultralytics (the gpu image has no mediapipe).",
+    )
+    sides: bool = Field(
+        True,
+        description="No geometry question on frames whose sides a viewer cannot tell: torso "
+        "leaning past max_side_lean, legs crossed.",
+    )
+    max_side_lean: float = Field(
+        45.0, gt=0, le=90, description="Degrees from vertical beyond which sides are unclear."
+    )
+    hidden_within_s: float = Field(
+        1.0, ge=0,
+        description="A person who touched the subject's box this close in time and is missing "
+        "from a frame is taken as hidden behind or merged into the subject: no geometry question "
+        "there (0 turns it off).",
+    )
     max_overlap: float = Field(
         0.3, ge=0, le=1,
         description="Subject frames whose box overlaps another person's by more IoU than this "
@@ -289,6 +310,11 @@ class MotionCompareConfig(Strict):
         description="Body-size units by which the most moved part must beat every other part; "
         "may be raised.",
     )
+    most_moved_ratio: float = Field(
+        2.0, ge=2.0,
+        description="Times as far as any other part the most moved part must have moved (the "
+        "runner-up moved under half as much); may be raised.",
+    )
 
 
 class CaptionTaskConfig(Strict):
@@ -349,8 +375,9 @@ class MatchTaskConfig(Strict):
 
 class TasksConfig(Strict):
     enabled: list[str] = Field(
-        default_factory=lambda: ["temporal_order", "temporal_direction"],
-        description="Task names to build (see the task catalogue).",
+        default_factory=lambda: ["temporal_order"],
+        description="Task names to build (see the task catalogue). temporal_direction is not on "
+        "by default: a person cannot tell most human motion played backwards from forwards.",
     )
     seed: int = Field(0, description="Seed; with video_id it fixes every random choice.")
     temporal_order: TemporalOrderConfig = Field(default_factory=TemporalOrderConfig)

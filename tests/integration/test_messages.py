@@ -221,7 +221,7 @@ def check_structure(row: dict, style: str, msgs: list[dict]) -> None:
 
 def test_real_rows_every_style(small_run):
     rows, _, _ = read_run(small_run)
-    assert {r["task"] for r in rows} >= {"temporal_order", "temporal_direction"}
+    assert {r["task"] for r in rows} >= {"temporal_order", "spatial_grounding", "motion_compare"}
     grounded = 0
     for row in rows:
         for style in STYLES:

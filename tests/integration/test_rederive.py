@@ -217,7 +217,7 @@ def check_motion(row, s):
         amount = {p: math.hypot(*r) for p, (_, r) in m.items()}
         ranked = sorted(amount.values(), reverse=True)
         top = amount[s["most_moved"]]
-        assert top == ranked[0] and top >= 0.3 and top - ranked[1] >= 0.2
+        assert top == ranked[0] and top >= 0.3 and top - ranked[1] >= 0.2 and top >= 2 * ranked[1]
         assert row["answer"] == s["most_moved"].replace("_", " ")
         assert all(c.replace(" ", "_") in m for c in row["choices"])
         assert "own left and right" in row["question"]
@@ -416,7 +416,7 @@ def caption_fact_truth(row, fact):
     amount = {p: math.hypot(*r) for p, (_, r) in m.items()}
     ranked = sorted(amount.values(), reverse=True)
     top = amount[fact["most_moved"]]
-    if top == ranked[0] and top >= 0.3 and top - ranked[1] >= 0.2:
+    if top == ranked[0] and top >= 0.3 and top - ranked[1] >= 0.2 and top >= 2 * ranked[1]:
         return True
     return False if ranked[0] - top >= 0.2 else None
 

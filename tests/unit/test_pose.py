@@ -184,6 +184,35 @@ def test_stage_adds_subject_crops_and_keypoints(stage, clips_dir):
     assert sample["subject_box"] is not None
 
 
+def test_blazeface_finds_both_faces_of_two_people_standing_apart(mediapipe_pose, clips_dir):
+    from proxyqa.models.face_detector import BlazeFaceDetector
+
+    row = decoded(clips_dir / "mmaction2_demo_skeleton.mp4", num_frames=16)
+    frame = decode_jpeg_rgb(row["frames_jpeg"][0])
+    detector = BlazeFaceDetector()
+    faces = detector.detect([frame])[0]
+    detector.close()
+    people = mediapipe_pose.predict([frame])[0]
+    assert len(faces) == 2 and len(people) == 2
+    for person in people:   # one face at the head of each person
+        nose = person.keypoints[0]
+        assert sum(f[0] - 0.02 <= nose[0] <= f[2] + 0.02 and f[1] - 0.02 <= nose[1] <= f[3] + 0.02
+                   for f in faces) == 1
+
+
+def test_stage_asks_nothing_where_one_skeleton_covers_two_people_hugging(mediapipe_pose, clips_dir):
+    """The mmaction2 clip ends in a hug: one skeleton, the second person hidden behind or
+    merged into it. Those frames must carry a flag (no geometry question); the frames of
+    the two standing apart must not."""
+    stage = PoseStage(PoseConfig(backend="mediapipe"), estimator=mediapipe_pose)
+    row = decoded(clips_dir / "mmaction2_demo_skeleton.mp4", num_frames=16)
+    subject = json.loads(stage(as_batch(row))["subject_json"][0])
+    flags = subject["flags"]
+    assert all(f is not None for f in flags[11:]), flags
+    assert all(f is None for f in flags[:4]), flags
+    assert max(subject["people"]) == 2
+
+
 def test_stage_without_people_stays_ok_and_notes_it(stage):
     black = encode_jpeg(np.zeros((288, 512, 3), np.uint8), 90)
     row = {"video_uri": "x.mp4", "video_id": "v", "status": "ok", "frames_jpeg": [black] * 3,

@@ -112,3 +112,78 @@ def test_one_way_rejects_a_pose_that_returns():
     assert one_way({}, [0, 1, 2, 3], motion([0.0, 0.4, 0.8, 1.2]), 0.3)
     assert not one_way({}, [0, 1, 2, 3], motion([0.0, 0.4, 0.8, 0.4]), 0.3)   # comes back
     assert not one_way({}, [0, 1, 2, 3], motion([0.0, 0.1, 0.8, 1.2]), 0.3)   # a step too small
+
+
+def _bent(kps: np.ndarray, degrees: float) -> np.ndarray:
+    """The skeleton with its whole body rotated about the hip midpoint (x and y in one unit:
+    the test frames are square)."""
+    out = kps.copy()
+    hip = (kps[11, :2] + kps[12, :2]) / 2
+    a = np.radians(degrees)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    out[:, :2] = (kps[:, :2] - hip) @ rot.T + hip
+    return out
+
+
+def test_sides_unclear_on_a_body_bent_far_over_or_with_crossed_legs():
+    upright = standing()
+    assert chk.sides_unclear(upright, 1.0, 0.5) is None
+    assert chk.sides_unclear(_bent(upright, 30), 1.0, 0.5) is None
+    assert "leans" in chk.sides_unclear(_bent(upright, 70), 1.0, 0.5)
+    assert "leans" in chk.sides_unclear(_bent(upright, -60), 1.0, 0.5, max_lean=45)
+    assert chk.sides_unclear(_bent(upright, 60), 1.0, 0.5, max_lean=65) is None
+    crossed = upright.copy()
+    crossed[[15, 16], 0] = crossed[[16, 15], 0]          # ankles swap sides: legs crossed
+    assert chk.sides_unclear(crossed, 1.0, 0.5) == "legs crossed at the ankles"
+    barely = upright.copy()
+    barely[15, 0], barely[16, 0] = 0.5, 0.5               # ankles together: not crossed
+    assert chk.sides_unclear(barely, 1.0, 0.5) is None
+    unsure = crossed.copy()
+    unsure[15, 2] = 0.1                                   # an ankle too unsure to judge
+    assert chk.sides_unclear(unsure, 1.0, 0.5) is None
+
+
+def _person(kps: np.ndarray, track: int | None = None) -> Person:
+    xy = kps[:, :2]
+    box = [float(xy[:, 0].min()), float(xy[:, 1].min() - 0.05), float(xy[:, 0].max()), float(xy[:, 1].max())]
+    return Person(box=box, score=0.9, keypoints=kps, track_id=track)
+
+
+def test_foreign_faces_inside_the_subject_box_and_outside_every_skeleton():
+    subject = _person(standing(x0=0.5), track=1)
+    own_face = [0.48, 0.12, 0.52, 0.18]                   # around the subject's nose
+    assert chk.foreign_faces([own_face], [subject], subject) == ([], False)
+    second_head = [0.56, 0.11, 0.585, 0.15]               # no head joint of the subject near it
+    assert chk.foreign_faces([second_head], [subject], subject) == ([], True)
+    on_the_hand = [0.56, 0.45, 0.6, 0.5]                  # low in the box: skin, not a head
+    assert chk.foreign_faces([on_the_hand], [subject], subject) == ([], False)
+    bystander = [0.85, 0.1, 0.89, 0.15]                   # outside every skeleton: a missed person
+    assert chk.foreign_faces([bystander], [subject], subject) == ([bystander], False)
+
+
+def test_a_neighbour_that_vanishes_next_to_the_subject_is_taken_as_hidden():
+    subj = [_person(standing(x0=0.5), track=1) for _ in range(4)]
+    near = _person(standing(x0=0.62), track=2)            # touching the subject's box
+    far = _person(standing(x0=0.95), track=3)
+    people = [[subj[0], near, far], [subj[1], near, far], [subj[2]], [subj[3]]]
+    ts = [0.0, 0.5, 1.0, 2.0]
+    assert not chk.hidden_neighbour(0, people, subj, ts)
+    assert chk.hidden_neighbour(2, people, subj, ts)      # seen 0.5 s earlier, beside it
+    assert not chk.hidden_neighbour(3, people, subj, ts)  # 1.5 s later: it may have left
+    assert not chk.hidden_neighbour(2, people, subj, ts, within_s=0)
+    people_far = [[subj[0], far], [subj[1], far], [subj[2]], [subj[3]]]
+    assert not chk.hidden_neighbour(2, people_far, subj, ts)   # it was never near
+
+
+def test_a_joint_on_another_persons_arm_is_unusable():
+    me = standing(x0=0.4)
+    other = standing(x0=0.7)
+    assert not chk.joints_near_other_limbs(me, [other], 1.0, 0.5).any()
+    reaching = other.copy()
+    reaching[9, :2] = me[10, :2] + [0.01, 0.0]           # the other's left wrist at my right wrist
+    reaching[7, :2] = (reaching[5, :2] + reaching[9, :2]) / 2
+    near = chk.joints_near_other_limbs(me, [reaching], 1.0, 0.5)
+    assert near[10] and not near[9] and not near[:5].any()
+    unsure = reaching.copy()
+    unsure[9, 2] = 0.1                                    # a forearm the model is unsure of: no segment
+    assert not chk.joints_near_other_limbs(me, [unsure], 1.0, 0.5)[10]

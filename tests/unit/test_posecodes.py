@@ -227,6 +227,11 @@ def test_most_moved_needs_a_margin():
     assert pc.most_moved(pc.joint_motion(a, close, W, H, MS)) is None
     tiny = _moved(a, {"left_wrist": (0, -40)})   # 0.2 S < 0.3 minimum
     assert pc.most_moved(pc.joint_motion(a, tiny, W, H, MS)) is None
+    # Past the margin but not twice as far: both hands moved, a viewer cannot pick one.
+    both = _moved(a, {"left_wrist": (0, -160), "right_wrist": (0, -100)})
+    assert pc.most_moved(pc.joint_motion(a, both, W, H, MS)) is None
+    clearly = _moved(a, {"left_wrist": (0, -160), "right_wrist": (0, -70)})
+    assert pc.most_moved(pc.joint_motion(a, clearly, W, H, MS)) == "left_hand"
 
 
 def test_grounding_geometry_guards():

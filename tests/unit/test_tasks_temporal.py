@@ -1,4 +1,5 @@
 import json
+import re
 
 import cv2
 import numpy as np
@@ -40,6 +41,10 @@ def test_temporal_order_answer_is_the_chronological_permutation():
         ts = [s["timestamps"][i] for i in order]
         assert all(b > a for a, b in zip(ts, ts[1:]))
         assert s["answer"] == ", ".join(str(i + 1) for i in order)
+        # The earliest image is named in the question (which end came first is often not
+        # in the picture); only that one image number is named.
+        named = re.findall(r"Image (\d+)", s["question"].replace("Image 1 to Image 4", ""))
+        assert named == [str(order[0] + 1)]
         # The images are the frames at frame_indices, in shown order.
         for img, fidx in zip(s["images"], s["frame_indices"]):
             assert img == row["frames_jpeg"][fidx // 10]
@@ -99,3 +104,15 @@ def test_temporal_direction_needs_the_minimum_span():
     thumbs = grey_thumbs(row["frames_jpeg"])
     assert temporal_direction(row, TemporalDirectionConfig(frames=3), CTX, thumbs) == []
     assert temporal_direction(row, TemporalDirectionConfig(frames=6), CTX, thumbs)
+
+
+def test_order_candidates_cover_every_frame_set_when_there_are_few():
+    from proxyqa.stages.tasks_temporal import MAX_CANDIDATES, _candidates
+
+    rng = np.random.default_rng(0)
+    every = list(_candidates(16, 4, rng))
+    assert len(every) == 1820 and len({tuple(c) for c in every}) == 1820
+    assert all(c == sorted(c) for c in every)
+    assert every[:5] != [[0, 1, 2, 3], [0, 1, 2, 4], [0, 1, 2, 5], [0, 1, 2, 6], [0, 1, 2, 7]]
+    many = list(_candidates(64, 4, np.random.default_rng(0)))   # 635376 sets: a sample
+    assert 0 < len(many) <= MAX_CANDIDATES and len({tuple(c) for c in many}) == len(many)
