@@ -345,6 +345,7 @@ def foreign_faces(faces: Sequence[Sequence[float]], people: Sequence[Person],
 
 
 NEAR_OTHER_LIMB = 0.25   # torso lengths: a joint this close to another person's arm or leg
+HAND_REACH = 0.4         # ... and a wrist this close to another's arm or hand
 
 
 LIMB_SEGMENTS = [(J[f"{s}_{a}"], J[f"{s}_{b}"]) for s in ("left", "right")
@@ -357,21 +358,27 @@ def joints_near_other_limbs(kps: np.ndarray, others: Sequence[np.ndarray], aspec
     arm or leg. Hands that touch (feeding, holding, dancing) cannot be told apart by a
     viewer, and a pose model puts one person's wrist on the other's hand (CrowdPose 106848:
     the subject's right wrist on the hand feeding him, inside his own torso region, where
-    `joints_on_others` does not look)."""
+    `joints_on_others` does not look; the feeding man's own wrist was found half a hand short
+    of his hand, hence the forearm's extension and the wider reach for wrists)."""
     scale = torso_length(kps, aspect, min_score)
     out = np.zeros(len(kps), bool)
     if scale is None:
         return out
     px = _px(kps, aspect)
+    # Hands: the other's forearm runs on past the wrist by half its length (the hand a model
+    # often stops short of), and the subject's own wrists count as near from farther away.
+    reach = np.full(len(kps), near * scale)
+    reach[[J["left_wrist"], J["right_wrist"]]] = HAND_REACH * scale
     for other in others:
         opx, conf = _px(other, aspect), np.asarray(other)[:, 2] >= min_score
         for a, b in LIMB_SEGMENTS:
             if not (conf[a] and conf[b]):
                 continue
             seg = opx[b] - opx[a]
-            t = np.clip(((px - opx[a]) @ seg) / max(float(seg @ seg), 1e-12), 0.0, 1.0)
+            end = 1.5 if b in (J["left_wrist"], J["right_wrist"]) else 1.0
+            t = np.clip(((px - opx[a]) @ seg) / max(float(seg @ seg), 1e-12), 0.0, end)
             dist = np.linalg.norm(px - (opx[a] + t[:, None] * seg), axis=1)
-            out |= dist < near * scale
+            out |= dist < reach
     out[: LIMB_JOINTS[0]] = False   # the face: a head next to someone's arm is still that head
     return out
 

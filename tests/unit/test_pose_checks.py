@@ -179,11 +179,11 @@ def test_a_joint_on_another_persons_arm_is_unusable():
     me = standing(x0=0.4)
     other = standing(x0=0.7)
     assert not chk.joints_near_other_limbs(me, [other], 1.0, 0.5).any()
-    reaching = other.copy()
-    reaching[9, :2] = me[10, :2] + [0.01, 0.0]           # the other's left wrist at my right wrist
-    reaching[7, :2] = (reaching[5, :2] + reaching[9, :2]) / 2
+    reaching = other.copy()                               # the other's left arm comes down
+    reaching[7, :2] = me[10, :2] + [0.0, -0.18]           # from above onto my right wrist
+    reaching[9, :2] = me[10, :2] + [0.0, -0.03]           # (the model stops short of the hand)
     near = chk.joints_near_other_limbs(me, [reaching], 1.0, 0.5)
-    assert near[10] and not near[9] and not near[:5].any()
+    assert near[10] and not near[13:].any() and not near[:5].any()   # knees, feet, face stay
     unsure = reaching.copy()
     unsure[9, 2] = 0.1                                    # a forearm the model is unsure of: no segment
     assert not chk.joints_near_other_limbs(me, [unsure], 1.0, 0.5)[10]
