@@ -208,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         audit = args.out / "audit"
         audit.mkdir(parents=True, exist_ok=True)
         rows = clips[max(args.frames)] + stills
-        qs = questions(rows, 4, tasks=("pose_description", "description_match"))
+        qs = questions(rows, 4, tasks=("pose_description",)) + questions(
+            rows, 4, tasks=("description_match",), seeds=args.seeds)
         for task in ("pose_description", "description_match"):
             picked = [q for q in qs if q["task"] == task]
             # spread over videos: the k-th row of each video before the (k+1)-th of any
-            picked.sort(key=lambda q: (sum(p["video_id"] == q["video_id"]
-                                           for p in picked[:picked.index(q)]), q["video_id"]))
+            seen: Counter = Counter()
+            rank = []
+            for q in picked:
+                rank.append(seen[q["video_id"]])
+                seen[q["video_id"]] += 1
+            picked = [q for _, q in sorted(zip(rank, picked), key=lambda x: (x[0], x[1]["video_id"]))]
             for k, q in enumerate(picked[: args.render]):
                 render(q, audit / f"{task}_{k:02d}.png")
                 (audit / f"{task}_{k:02d}.json").write_text(json.dumps(
