@@ -179,3 +179,22 @@ def test_match_options_have_matched_lengths_whatever_their_order():
         assert cap.matched_texts(renders[::-1], voice) == texts[::-1]
         for t, s in zip(texts, states):               # still the same facts
             assert claims(t)[0] == set(s.items())
+
+
+def test_card_quotes_captions_and_match_options_as_text():
+    from proxyqa.trainer.card import caption_examples
+
+    rows = build([make_row([make_kps(**p) for p in POSES])])
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    md = "\n".join(caption_examples({t: rs[:2] for t, rs in by_task.items()}))
+    for task in CAPTION_TASKS:
+        assert f"**{task}** (geometry):" in md
+        for r in by_task[task][:2]:
+            if r["choices"]:
+                assert f"**[x]** {r['answer']}" in md
+                assert all(f"[ ] {c}" in md for c in r["choices"] if c != r["answer"])
+            else:
+                assert r["answer"] in md
+    assert caption_examples({}) == []
