@@ -258,3 +258,72 @@ def describe_change(facts: ChangeFacts, voice: Voice) -> str:
         sentences.append(voice.pick(f"chg:{part}", CHANGE).format(
             part=part.replace("_", " "), a=STATE_NOUN[a], b=STATE_NOUN[b]) + ".")
     return " ".join(sentences)
+
+
+# ---- length-matched phrasing (the match tasks' options) ---------------------------------------
+#
+# A multiple-choice question must not be answerable by the options' lengths ("pick the
+# shortest"). Each option is rendered with its own phrasing choices so that all options come as
+# close as possible to one common length, chosen from the SET of options (never from which one
+# is true): the phrasings still vary, and lengths carry (almost) no signal.
+
+class _Recorder(Voice):
+    """Picks the first phrasing and records every (key, options) asked, in order."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def pick(self, key: str, options: Sequence[str]) -> str:
+        self.asked.append((key, tuple(options)))
+        return options[0]
+
+
+class _Fixed(Voice):
+    """Picks the given phrasing per key (the seeded pick for keys not given)."""
+
+    def __init__(self, seed: str, chosen: dict[str, int]):
+        super().__init__(seed)
+        self.chosen = chosen
+
+    def pick(self, key: str, options: Sequence[str]) -> str:
+        if key in self.chosen:
+            return options[self.chosen[key]]
+        return super().pick(key, options)
+
+
+def _sums(deltas: list[list[int]]) -> list[set[int]]:
+    """suffix[k]: every total of one delta per clause k.. (suffix[len] = {0})."""
+    suffix = [{0}]
+    for ds in reversed(deltas):
+        suffix.append({d + s for d in ds for s in suffix[-1]})
+    return suffix[::-1]
+
+
+def matched_texts(renders: Sequence, voice: Voice) -> list[str]:
+    """Render each option (`render(voice) -> text`) with phrasings chosen so that the options'
+    lengths are as close as possible to one common target; among the phrasings that reach it,
+    the voice's seeded preference wins (the text still varies with the seed)."""
+    plans = []
+    for render in renders:
+        rec = _Recorder()
+        base = len(render(rec))
+        deltas = [[len(o) - len(opts[0]) for o in opts] for _, opts in rec.asked]
+        plans.append((rec.asked, base, deltas, _sums(deltas)))
+    reach = [{base + s for s in suffix[0]} for _, base, _, suffix in plans]
+    # The target depends only on the set of options: the length all can come closest to.
+    target = min(sorted(set().union(*reach)),
+                 key=lambda t: max(min(abs(a - t) for a in r) for r in reach))
+    texts = []
+    for render, (asked, base, deltas, suffix), r in zip(renders, plans, reach):
+        goal = min(sorted(r), key=lambda a: abs(a - target)) - base
+        chosen: dict[str, int] = {}
+        for k, (key, opts) in enumerate(asked):
+            start = opts.index(voice.pick(key, opts))
+            for i in [(start + j) % len(opts) for j in range(len(opts))]:
+                if goal - deltas[k][i] in suffix[k + 1]:
+                    chosen[key] = i
+                    goal -= deltas[k][i]
+                    break
+        texts.append(render(_Fixed(voice.seed, chosen)))
+    return texts

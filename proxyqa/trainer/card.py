@@ -198,11 +198,15 @@ def dataset_section(stats: dict[str, Any]) -> list[str]:
     return md
 
 
-def pick_examples(run_uri: str, per_task: int, s3: S3Config | None = None) -> dict[str, list[dict]]:
-    """Up to `per_task` rows of each task, from different videos where possible."""
+def pick_examples(run_uri: str, per_task: int, s3: S3Config | None = None,
+                  tasks: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """Up to `per_task` rows of each task (of `tasks`, default all), from different videos
+    where possible."""
     manifest = load_json(run_uri, MANIFEST, s3)
     out: dict[str, list[dict]] = {}
     for task in sorted({s["task"] for s in manifest["shards"]}):
+        if tasks is not None and task not in tasks:
+            continue
         chosen, spare = [], []
         for row in iter_rows(run_uri, tasks=[task], s3=s3):
             if row["video_id"] in {r["video_id"] for r in chosen}:
@@ -213,6 +217,30 @@ def pick_examples(run_uri: str, per_task: int, s3: S3Config | None = None) -> di
                 break
         out[task] = (chosen + spare)[:per_task]
     return out
+
+
+# Tasks whose answer is a caption (or a choice of captions): the card quotes a few as text.
+CAPTION_TASKS = ("pose_description", "pose_difference", "description_match", "change_match")
+
+
+def caption_examples(rows_by_task: dict[str, list[dict]]) -> list[str]:
+    """Markdown: a few captions, and match questions with every option (the answer marked),
+    as text, so a reader sees the phrasing without opening images."""
+    md: list[str] = []
+    for task in CAPTION_TASKS:
+        rows = rows_by_task.get(task) or []
+        if not rows:
+            continue
+        md += [f"**{task}** ({rows[0].get('answer_source')}):", ""]
+        for row in rows:
+            video = posixpath.basename(row["video_uri"])
+            if row.get("choices"):
+                md += [f"- `{video}` frames {list(row['frame_indices'])}:"]
+                md += [f"  - {'**[x]**' if c == row['answer'] else '[ ]'} {c}" for c in row["choices"]]
+            else:
+                md += [f"- `{video}` frames {list(row['frame_indices'])}: {row['answer']}"]
+        md += [""]
+    return md
 
 
 def _bar_chart(labels: list[str], stacks: dict[str, list[int]], colours: dict[str, str] | list[str],
@@ -340,6 +368,11 @@ def write_card(run: str, out: str | None = None, s3: S3Config | None = None,
                _table(["where: kind", "count"], errors.most_common(20)), ""]
 
     md += dataset_section(dataset_stats(run_uri, s3))
+    captions = caption_examples(pick_examples(run_uri, 3, s3, tasks=CAPTION_TASKS))
+    if captions:
+        md += ["## Caption examples (text)", "",
+               "Captions written from the pose geometry and the multiple-choice caption "
+               "questions (docs/captions.md); the true option is marked.", "", *captions]
     md += ["## Examples", ""]
     for task, rows in pick_examples(run_uri, examples_per_task, s3).items():
         md += [f"### {task}", ""]

@@ -41,6 +41,10 @@ def test_card_of_small_run(small_run, tmp_path):
     assert f"rows: {len(rows)} in {len(manifest['shards'])} shards" in text
     for kind, n in report["counts"]["task_errors_by_kind"].items():  # e.g. "pose: no_person"
         assert f"| {kind} | {n} |" in text
+    captions = [r for r in rows if r["task"] in ("pose_description", "description_match")]
+    if captions:   # the local config writes rule captions: a few are quoted as text
+        assert "## Caption examples (text)" in text
+        assert any(r["answer"] in text.split("## Examples")[0] for r in captions)
     pngs = linked_pngs(out, text)
     names = {p.name for p in pngs}
     assert {"rows_per_task.png", "verification.png"} <= names

@@ -3,6 +3,7 @@ verifier (stages/verify_captions.py), on hand-made poses (tests/helpers/pose.py)
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from proxyqa.core.config import MLLMConfig, TasksConfig
 from proxyqa.stages import captions as cap
 from proxyqa.stages import posecodes as pc
+from proxyqa.stages import tasks_captions as tc
 from proxyqa.stages.mllm_plan import MLLMPlanner, Skip
 from proxyqa.stages.sampling import RunContext
 from proxyqa.stages.tasks import BuildTasksStage
@@ -129,3 +131,70 @@ def test_rule_captions_parse_back_to_their_own_facts():
         said, rels = claims(text)
         assert said == {(p, s) for p, s in f.states.items()}, (text, said, f.states)
         assert rels == set(f.relations), (text, rels)
+
+
+def test_static_video_gets_description_match_rows_with_prior_drawn_wrong_values():
+    """Wrong values come from the slot's whole vocabulary (tasks_captions.DESC_PRIORS), not only
+    from other frames: a video whose frames all show one pose still gets questions, and every
+    wrong option's changed fact is False with margin on the row's own keypoints."""
+    pose = dict(arms=((170, 175), (170, 175)), legs=((0, 178), (0, 178)))   # both arms raised
+    rows = [r for r in build([make_row([make_kps(**pose)] * 16)], description_match={
+        "samples_per_video": 16}) if r["task"] == "description_match"]
+    assert rows
+    for r in rows:
+        s = json.loads(r["answer_struct"])
+        truths = pc.state_truths(r["keypoints"][0], 1000, 1000, 0.5, RULES)
+        assert r["answer"] == r["choices"][s["index"]] and len(set(r["choices"])) == 4
+        for i, facts in enumerate(s["choice_facts"]):
+            said = [truths[f["part"]][f["state"]] for f in facts if "part" in f]
+            assert all(v is True for v in said) if i == s["index"] else (
+                False in said and None not in said)
+
+
+def test_prior_draw_follows_the_table_within_the_truths_shape():
+    rng = np.random.default_rng(0)
+    truth = (None, "bent at the elbow")          # only the right arm is stated
+    pool = {v: n for v, n in tc.DESC_PRIORS["arms"].items() if v[0] is None}
+    draws = Counter(tc._prior_draw("arms", truth, rng) for _ in range(20000))
+    assert set(draws) == set(pool)               # same shape only, every value reachable
+    total = sum(pool.values())
+    for v, n in pool.items():
+        assert abs(draws[v] / 20000 - n / total) < 0.015, (v, draws[v])
+
+
+def test_match_options_have_matched_lengths_whatever_their_order():
+    one = {"torso": "leaning", "left_arm": "stretched out away from the body",
+            "left_leg": "straight", "right_leg": "straight"}
+    mixed = {**one, "right_arm": "bent at the elbow"}
+    for base, tolerance in ((one, 2), (mixed, 40)):   # "both arms ..." vs a mixed clause: 38
+        states = [base, {**base, "torso": "upright"}, {**base, "left_arm": "bent at the elbow"},
+                  {**base, "torso": "upright", "left_arm": "bent at the elbow"}]
+        renders = [lambda v, s=s: cap.describe_pose(s, (), v) for s in states]
+        voice = cap.Voice("q")
+        texts = cap.matched_texts(renders, voice)
+        plain = [r(voice) for r in renders]
+        spread = max(map(len, texts)) - min(map(len, texts))
+        assert spread < max(map(len, plain)) - min(map(len, plain)) and spread <= tolerance, texts
+        # the target is a function of the set of options: reordering them changes no text
+        assert cap.matched_texts(renders[::-1], voice) == texts[::-1]
+        for t, s in zip(texts, states):               # still the same facts
+            assert claims(t)[0] == set(s.items())
+
+
+def test_card_quotes_captions_and_match_options_as_text():
+    from proxyqa.trainer.card import caption_examples
+
+    rows = build([make_row([make_kps(**p) for p in POSES])])
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    md = "\n".join(caption_examples({t: rs[:2] for t, rs in by_task.items()}))
+    for task in CAPTION_TASKS:
+        assert f"**{task}** (geometry):" in md
+        for r in by_task[task][:2]:
+            if r["choices"]:
+                assert f"**[x]** {r['answer']}" in md
+                assert all(f"[ ] {c}" in md for c in r["choices"] if c != r["answer"])
+            else:
+                assert r["answer"] in md
+    assert caption_examples({}) == []
