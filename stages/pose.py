@@ -125,6 +125,8 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
             other_kps += [chk.mirror_back(m) for m in mirrored[pos]
                           if chk.explained(chk.mirror_box(m.box), skeleton_boxes) is None]
         kps[chk.joints_near_other_limbs(kps, other_kps, aspect, min_score), 2] = 0.0
+        if faces is not None and not chk.nose_on_a_face(kps, faces[pos]):
+            kps[chk.J["nose"], 2] = 0.0   # no face seen there: no nose question
     if checks.side_continuity:
         orients = [None if p is None or flags[i] is not None
                    else chk.orientation(p.keypoints, aspect, min_score)

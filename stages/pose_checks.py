@@ -426,6 +426,18 @@ def _touching(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] - gap <= b[2] and b[0] - gap <= a[2] and a[1] - gap <= b[3] and b[1] - gap <= a[3]
 
 
+def nose_on_a_face(kps: np.ndarray, faces: Sequence[Sequence[float]], grow: float = 0.25) -> bool:
+    """Whether a detected face (grown by `grow` of its size) holds the nose point. A pose
+    model places a nose on a face in profile (on the cheek) or on a head bent out of
+    sight; the audit found both wrong. A face the detector sees is one a viewer sees."""
+    x, y = float(kps[J["nose"], 0]), float(kps[J["nose"], 1])
+    for f in faces:
+        gw, gh = grow * (f[2] - f[0]), grow * (f[3] - f[1])
+        if f[0] - gw <= x <= f[2] + gw and f[1] - gh <= y <= f[3] + gh:
+            return True
+    return False
+
+
 def inside(inner: Sequence[float], outer: Sequence[float]) -> bool:
     """Whether the centre of box `inner` lies in box `outer`."""
     cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2

@@ -478,6 +478,13 @@ def _sides_apart(pose: Pose, names: Sequence[str], scale: float, min_sep: float)
     return True
 
 
+def _arm_raised(pose: Pose, side: str) -> bool:
+    """Elbow above the shoulder: the shoulder joint then sits where nothing marks it (the
+    audit found raised-arm shoulder points 15-20 px from where a viewer puts them)."""
+    return (pose.ok(f"{side}_elbow") and pose.ok(f"{side}_shoulder")
+            and pose.p(f"{side}_elbow")[1] < pose.p(f"{side}_shoulder")[1])
+
+
 def joint_point(keypoints, width: int, height: int, joint: str, min_score: float,
                 edge_margin: float = 0.01, min_side_separation: float = 0.15
                 ) -> Optional[list[float]]:
@@ -485,6 +492,8 @@ def joint_point(keypoints, width: int, height: int, joint: str, min_score: float
     pose = pose_of(keypoints, width, height, min_score)
     scale = pose.scale
     if scale is None or not pose.ok(joint):
+        return None
+    if joint.endswith("_shoulder") and _arm_raised(pose, joint.split("_")[0]):
         return None
     xy = pose.norm[J[joint], :2]
     if not _inside(xy, edge_margin) or not _sides_apart(pose, [joint], scale, min_side_separation):

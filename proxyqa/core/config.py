@@ -214,10 +214,11 @@ class TemporalOrderConfig(Strict):
         "adjacent in time; closer frames cannot be told apart.",
     )
     min_pose_motion: float = Field(
-        0.3,
+        0.5,
         description="When pose is on: subject pose change (torso lengths, mirror-invariant) "
         "required between frames adjacent in time, and by which each frame must be farther "
-        "from the first frame than the one before it (a one-way change).",
+        "from the first frame than the one before it (a one-way change). 0.5: at 0.3 the audit "
+        "found two tai chi lunges a viewer could not order.",
     )
     min_gap_s: float = Field(0.4, ge=0, description="Seconds between frames adjacent in time.")
     min_span_s: float = Field(1.5, ge=0, description="Seconds from the first to the last frame.")
@@ -266,9 +267,11 @@ class SpatialGroundingConfig(Strict):
         "raised, not lowered below the documented rule (docs/posecodes.md).",
     )
     min_side_separation: float = Field(
-        0.15, ge=0.15,
+        0.25, ge=0.15,
         description="A left/right joint is asked only if its other-side twin is confident and "
-        "at least this far (body-size units) away, so the side is unambiguous; may be raised.",
+        "at least this far (body-size units) away, so the side is unambiguous; may be raised "
+        "(not below the documented 0.15). 0.25: a batter's shoulders 0.15 apart in a side view "
+        "were read the wrong way round (bench/label_precision.py, COCO 196141).",
     )
 
 

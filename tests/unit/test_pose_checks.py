@@ -187,3 +187,10 @@ def test_a_joint_on_another_persons_arm_is_unusable():
     unsure = reaching.copy()
     unsure[9, 2] = 0.1                                    # a forearm the model is unsure of: no segment
     assert not chk.joints_near_other_limbs(me, [unsure], 1.0, 0.5)[10]
+
+
+def test_a_nose_is_asked_only_where_a_face_is_seen():
+    kps = standing(x0=0.5)                                # nose at (0.5, 0.15)
+    assert chk.nose_on_a_face(kps, [[0.47, 0.11, 0.53, 0.19]])
+    assert not chk.nose_on_a_face(kps, [])                # profile or hidden: no face found
+    assert not chk.nose_on_a_face(kps, [[0.7, 0.11, 0.76, 0.19]])   # someone else's face

@@ -293,3 +293,11 @@ def test_one_parsed_pose_gives_what_the_raw_keypoints_give():
         assert pc.joint_motion(pose, other, 1000, 1100, 0.5) == pc.joint_motion(kps, other, 1000, 1100, 0.5)
         assert pc.pose_of(pose, 1, 1, 0.9) is pose
         assert pose.angles is pose.angles   # computed once
+
+
+def test_no_shoulder_point_when_that_arm_is_raised():
+    a = make_kps()
+    assert pc.joint_point(a, W, H, "left_shoulder", MS) is not None
+    raised = _moved(a, {"left_elbow": (0, -200), "left_wrist": (0, -300)})   # elbow above the shoulder
+    assert pc.joint_point(raised, W, H, "left_shoulder", MS) is None
+    assert pc.joint_point(raised, W, H, "right_shoulder", MS) is not None
