@@ -15,7 +15,7 @@ except ImportError:
 
 import pytest
 
-from tests.helpers import CLIPS, COCO, REPO, latest_run, run_cli
+from tests.helpers import CLIPS, COCO, PLUMBING_TEMPORAL, REPO, latest_run, run_cli
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".cache" / "ultralytics"))
@@ -51,7 +51,7 @@ def small_run(tmp_path_factory, small_input) -> Path:
     """One real pipeline run (local config) over `small_input`; returns the run dir."""
     out = tmp_path_factory.mktemp("out")
     code = run_cli(REPO / "configs" / "local.yaml", "--input", str(small_input),
-                   "--output", str(out), "--set", "ray.progress_bars=false")
+                   "--output", str(out), "--set", "ray.progress_bars=false", *PLUMBING_TEMPORAL)
     assert code == 0
     return latest_run(out)
 

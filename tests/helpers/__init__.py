@@ -71,3 +71,9 @@ def read_videos(run_dir: Path | str, endpoint_url: str | None = None) -> list[di
 
 def latest_run(output: Path) -> Path:
     return output / (output / "latest").read_text().strip()
+
+
+# The default temporal_order threshold (0.5 torso lengths per step, docs/label_quality.md)
+# leaves no temporal rows on the short shared clips. Tests of the plumbing (reading,
+# splitting, chat formats) need some, so their runs lower it to 0.3, where tai chi gives two.
+PLUMBING_TEMPORAL = ("--set", "tasks.temporal_order.min_pose_motion=0.3")

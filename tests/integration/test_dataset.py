@@ -11,7 +11,7 @@ import pytest
 
 from proxyqa.core.balance import blind_baseline
 from proxyqa.trainer.reader import RunDataset, difficulty_at_least, iter_rows
-from tests.helpers import LOCAL_CONFIG, latest_run, read_run, run_cli
+from tests.helpers import LOCAL_CONFIG, PLUMBING_TEMPORAL, latest_run, read_run, run_cli
 
 ORIGINAL = "kinetics_clean_and_jerk.mp4"
 
@@ -49,7 +49,7 @@ def copies_run(tmp_path_factory, clips_dir):
     # Splits 1/3 each, so that a copy landing apart from its original would show.
     assert run_cli(LOCAL_CONFIG, "--input", str(folder), "--output", str(out),
                    "--set", "ray.progress_bars=false", "--set", "split.train=0.34",
-                   "--set", "split.validation=0.33", "--set", "split.test=0.33") == 0
+                   "--set", "split.validation=0.33", "--set", "split.test=0.33", *PLUMBING_TEMPORAL) == 0
     return latest_run(out)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, latest_run, read_run, run_cli
+from tests.helpers import PLUMBING_TEMPORAL, REPO, latest_run, read_run, run_cli
 
 pytestmark = pytest.mark.ray
 LOCAL = REPO / "configs" / "local.yaml"
@@ -16,7 +16,7 @@ QUIET = ("--set", "ray.progress_bars=false")
 @pytest.fixture(scope="module")
 def all_clips_run(tmp_path_factory, clips_dir):
     out = tmp_path_factory.mktemp("all")
-    assert run_cli(LOCAL, "--input", str(clips_dir), "--output", str(out), *QUIET) == 0
+    assert run_cli(LOCAL, "--input", str(clips_dir), "--output", str(out), *QUIET, *PLUMBING_TEMPORAL) == 0
     return latest_run(out)
 
 
