@@ -6,6 +6,7 @@ so far masked out find more (see `MediaPipePose.predict_frame`).
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,38 @@ def bundled_pose_task() -> bytes:
     `mp.solutions.pose` API, which finds one person per frame; the Tasks API finds several
     but wants a .task bundle (downloaded normally). Adding the input-normalisation
     metadata and zipping the two models gives the same bundle offline.
+
+    Building it costs ~0.5 CPU-s, paid by every pose worker as it starts (issue 17's
+    start-up figure), so the bundle is kept on disk per mediapipe version
+    (`$PROXYQA_CACHE`, default `~/.cache/proxyqa`); a cache that cannot be read or written
+    just means building it again.
     """
+    import mediapipe as mp
+
+    cache = task_cache_path(mp.__version__)
+    try:
+        data = cache.read_bytes()
+        if zipfile.ZipFile(io.BytesIO(data)).testzip() is None:
+            return data
+    except (OSError, zipfile.BadZipFile):
+        pass
+    data = _build_pose_task()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cache)   # atomic: a worker never reads a half-written bundle
+    except OSError:
+        pass
+    return data
+
+
+def task_cache_path(mediapipe_version: str) -> Path:
+    root = os.environ.get("PROXYQA_CACHE") or Path.home() / ".cache" / "proxyqa"
+    return Path(root) / f"mediapipe-{mediapipe_version}-pose_landmarker.task"
+
+
+def _build_pose_task() -> bytes:
     import mediapipe as mp
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer, writer_utils
 
@@ -51,7 +83,9 @@ def bundled_pose_task() -> bytes:
             writer.add_image_input([mean], [std])
             for _ in writer_utils.get_output_tensor_types(model):
                 writer.add_feature_output()
-            bundle.writestr(name, bytes(writer.populate()[0]))
+            # A fixed timestamp: the same wheel gives the same bytes, whenever it is built.
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            bundle.writestr(info, bytes(writer.populate()[0]))
     return out.getvalue()
 
 

@@ -73,9 +73,23 @@ def mediapipe_pose():
     estimator.close()
 
 
-def test_bundled_task_is_assembled_from_the_wheel():
-    with zipfile.ZipFile(io.BytesIO(bundled_pose_task())) as bundle:
+def test_bundled_task_is_assembled_from_the_wheel(tmp_path, monkeypatch):
+    import mediapipe as mp
+
+    from proxyqa.models import mediapipe_pose
+
+    monkeypatch.setenv("PROXYQA_CACHE", str(tmp_path))
+    built = []
+    monkeypatch.setattr(mediapipe_pose, "_build_pose_task",
+                        lambda real=mediapipe_pose._build_pose_task: built.append(1) or real())
+    first = bundled_pose_task()
+    with zipfile.ZipFile(io.BytesIO(first)) as bundle:
         assert sorted(bundle.namelist()) == ["pose_detector.tflite", "pose_landmarks_detector.tflite"]
+    cached = mediapipe_pose.task_cache_path(mp.__version__)
+    assert cached.read_bytes() == first and cached.parent == tmp_path
+    assert bundled_pose_task() == first and built == [1]       # the second worker reads it
+    cached.write_bytes(first[:100])                            # a damaged cache is rebuilt
+    assert bundled_pose_task() == first and built == [1, 1]
 
 
 def test_blazepose_landmarks_map_to_coco17():
