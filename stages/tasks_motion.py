@@ -39,14 +39,17 @@ def row_pose_motion(min_score: float):
 
 
 def same_facing(kps_a, kps_b, aspect: float, min_score: float) -> bool:
-    """Whether two skeletons agree on which way the body faces (their left/right): a pair
-    whose sides disagree would turn a mirrored skeleton into motion."""
+    """Whether both skeletons clearly face the camera, or both clearly face away: a pair
+    whose sides disagree would turn a mirrored skeleton into motion, and in a side view a
+    viewer cannot tell the left limbs from the right."""
     oa = chk.orientation(np.asarray(kps_a, float), aspect, min_score)
     ob = chk.orientation(np.asarray(kps_b, float), aspect, min_score)
     if oa is None or ob is None:
         return False
     if abs(oa) < chk.STRONG_FACING or abs(ob) < chk.STRONG_FACING:
-        return True   # side views: sides are checked joint by joint (min_side_separation)
+        # A side view: which leg or arm is the left one is not in the picture (the audit's
+        # side-on lunge in baggy trousers), however far apart the model puts them.
+        return False
     return (oa > 0) == (ob > 0)
 
 

@@ -194,3 +194,14 @@ def test_a_nose_is_asked_only_where_a_face_is_seen():
     assert chk.nose_on_a_face(kps, [[0.47, 0.11, 0.53, 0.19]])
     assert not chk.nose_on_a_face(kps, [])                # profile or hidden: no face found
     assert not chk.nose_on_a_face(kps, [[0.7, 0.11, 0.76, 0.19]])   # someone else's face
+
+
+def test_motion_questions_need_both_frames_clearly_facing_one_way():
+    from proxyqa.stages.tasks_motion import same_facing
+
+    front, back = standing(True), standing(False)
+    side = front.copy()
+    side[:, 0] = 0.5 + (side[:, 0] - 0.5) * 0.1          # shoulders and hips on one line: a side view
+    assert same_facing(front, front, 1.0, 0.5) and same_facing(back, back, 1.0, 0.5)
+    assert not same_facing(front, back, 1.0, 0.5)        # one of them mirrored
+    assert not same_facing(front, side, 1.0, 0.5) and not same_facing(side, side, 1.0, 0.5)
