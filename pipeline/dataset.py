@@ -311,13 +311,22 @@ def finalize_dataset(run, cfg: Config, records: dict[str, dict], own_shards: lis
 
 def _chunks(table: pa.Table, rows_per_file: int) -> Iterator[pa.Table]:
     """Slices of about `rows_per_file` rows, cut only between videos: a slice ends at the
-    first video boundary once it holds the target (a target reached, not a maximum)."""
+    first video boundary once it holds the target (a target reached, not a maximum). A
+    remainder under half the target joins the slice before it (files of up to ~1.5x the
+    target), so a (task, split) has a file below target only when it has fewer rows than
+    the target in all."""
     vids = table["video_id"].to_pylist()
-    start = 0
+    cuts, start = [], 0
     for i in range(1, len(vids) + 1):
         if i == len(vids) or (i - start >= rows_per_file and vids[i] != vids[i - 1]):
-            yield table.slice(start, i - start)
+            cuts.append(i)
             start = i
+    if len(cuts) > 1 and cuts[-1] - cuts[-2] < rows_per_file / 2:
+        del cuts[-2]
+    start = 0
+    for end in cuts:
+        yield table.slice(start, end - start)
+        start = end
 
 
 def remove_staged(run, fin: Finalized) -> None:

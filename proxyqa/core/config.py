@@ -465,7 +465,8 @@ class WriteConfig(Strict):
         2000, ge=1,
         description="Target rows per Parquet shard. Writers stage one small file per task per "
         "batch; the commit compacts them (in parallel) into files of at least this many rows "
-        "(all but the last of each task), never splitting one video's rows of a task.",
+        "(all but the last of each task and split; a last one under half the target joins the "
+        "file before it), never splitting one video's rows of a task.",
     )
     compression: str = Field("zstd", description="Parquet compression codec.")
     commit_parallelism: int = Field(

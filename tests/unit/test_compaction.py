@@ -126,3 +126,18 @@ def test_a_commit_that_died_is_redone_without_stale_shards(tmp_path, monkeypatch
     on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.glob("data/*/*.parquet")}
     assert on_disk == {s["path"] for s in manifest["shards"]}
     assert sum(s["rows"] for s in manifest["shards"]) == 60
+
+
+def test_shard_slices_reach_the_target_and_a_small_remainder_joins_the_last():
+    import pyarrow as pa
+
+    from proxyqa.pipeline.dataset import _chunks
+
+    def sizes(rows_per_video: list[int], target: int) -> list[int]:
+        vids = [f"v{i}" for i, n in enumerate(rows_per_video) for _ in range(n)]
+        return [t.num_rows for t in _chunks(pa.table({"video_id": vids}), target)]
+
+    assert sizes([3] * 10, 10) == [12, 12, 6]         # a remainder of half the target stays apart
+    assert sizes([3] * 9, 10) == [12, 15]             # 12 + 12 + 3: under half joins the file before
+    assert sizes([4] * 2, 10) == [8]                  # fewer rows than the target: one file
+    assert sizes([25], 10) == [25]                    # one video's rows are never split
