@@ -112,7 +112,7 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
     try:
         t0 = time.time()
         if plan.todo:  # nothing to do: no need to start Ray
-            from proxyqa.pipeline.graph import Unschedulable, execute, is_multinode, ray_mapper
+            from proxyqa.pipeline.graph import Stalled, Unschedulable, execute, is_multinode, ray_mapper
 
             try:
                 todo = plan.todo
@@ -136,9 +136,10 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                     if not todo:
                         break
             except Unschedulable as exc:
-                raise RunIncomplete(f"run {run.run_id} did not complete ({exc}); add nodes that "
-                                    "carry those resources and run the same command again to "
-                                    "resume it") from None
+                fix = ("" if isinstance(exc, Stalled)
+                       else "add nodes that carry those resources and ")
+                raise RunIncomplete(f"run {run.run_id} did not complete ({exc}); {fix}run the "
+                                    "same command again to resume it") from None
             if is_multinode():   # compaction on the workers, next to the storage
                 mapper = ray_mapper(threads, thread_mapper(threads),
                                     cfg.write.commit_on_workers_min_files)

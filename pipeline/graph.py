@@ -198,6 +198,31 @@ def init_ray(cfg: Config) -> None:
     ctx.target_max_block_size = 16 << 20
 
 
+class Stalled(Unschedulable):
+    """A pass that lost a node stopped making progress (StallWatch)."""
+
+
+class StallWatch:
+    """A pass that has lost a node and then produced nothing for `timeout_s` is stalled.
+
+    Ray rebuilds a lost block by re-running the call that made it, but not when that call
+    ran on an actor pool that has already finished and shut down: the next stage then waits
+    for the block forever. Without a lost node a quiet stretch is just slow work (a long
+    video), so only a pass that lost a node is ever called stalled."""
+
+    def __init__(self, nodes: int, timeout_s: float):
+        self.nodes, self.timeout_s = nodes, timeout_s
+        self.lost = False
+        self.outputs, self.since = -1, 0.0
+
+    def stalled(self, outputs: int, nodes: int, now: float) -> bool:
+        self.lost = self.lost or nodes < self.nodes
+        self.nodes = max(self.nodes, nodes)
+        if outputs != self.outputs:
+            self.outputs, self.since = outputs, now
+        return self.lost and now - self.since >= self.timeout_s
+
+
 def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
             per_block: int | None = None) -> None:
     """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
@@ -208,8 +233,9 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
 
     The dataset is consumed on a daemon thread while this thread watches the cluster: if
     some stage has had no live node able to host one of its workers for
-    `ray.unschedulable_timeout_s` (its nodes were lost), Unschedulable is raised instead of
-    waiting forever; what was written stays for the resumed run.
+    `ray.unschedulable_timeout_s` (its nodes were lost), or the pass lost a node and then
+    made no progress for `ray.stall_timeout_s` (StallWatch), Unschedulable is raised instead
+    of waiting forever; what was written stays for the resumed run.
     """
     init_ray(cfg)
     if not videos:
@@ -217,20 +243,27 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
     ds = build_dataset(cfg, run, videos, per_block)
     needs = stage_needs(cfg, run)
     failure: list[BaseException] = []
+    outputs = [0]
 
     def consume() -> None:
         try:
             for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                pass
+                outputs[0] += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             failure.append(exc)
 
     worker = threading.Thread(target=consume, name="proxyqa-consume", daemon=True)
     worker.start()
     stuck_since: float | None = None
+    watch = StallWatch(len(alive_nodes()), cfg.ray.stall_timeout_s)
     while worker.is_alive():
         worker.join(poll_s)
-        missing = unplaceable(needs, alive_nodes())
+        nodes = alive_nodes()
+        if watch.stalled(outputs[0], len(nodes), time.monotonic()):
+            raise Stalled(
+                f"no progress for {cfg.ray.stall_timeout_s:.0f}s after a node was lost (outputs "
+                "held on it could not be rebuilt)")
+        missing = unplaceable(needs, nodes)
         if not missing:
             stuck_since = None
             continue

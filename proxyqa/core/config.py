@@ -551,6 +551,12 @@ class RayConfig(Strict):
         "for this long ends the run with exit 3 and one line (resumable), instead of a hang. "
         "Keep it above the time your autoscaler takes to add a node of that kind.",
     )
+    stall_timeout_s: float = Field(
+        600.0, gt=0,
+        description="A pass that lost a node and then produced no output for this long ends "
+        "the run with exit 3 and one line (resumable), instead of waiting for blocks Ray "
+        "cannot rebuild. Keep it above the longest a single batch takes.",
+    )
     shared_paths: bool = Field(
         False,
         description="Local input/output paths are on storage every Ray node sees (NFS, a "

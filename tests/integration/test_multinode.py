@@ -3,7 +3,7 @@
 submitted with `ray job submit`, input and output on moto's S3 server.
 
 Nodes (custom resources as a GPU cluster would declare them, clusters/):
-  head      1 CPU, nothing custom   runs the job driver, task building, the writer
+  head      1 CPU, head_node        runs the job driver, task building, the writer
   decode    1 CPU, decode_node, pose_node
   pose      2 CPU, pose_node        a "GPU node": pose only
 
@@ -61,8 +61,14 @@ def _settings(endpoint: str, custom: bool = True) -> list[str]:
             "write.resources.batch_size=1",          # a record per video: resumable per video
             f"ray.unschedulable_timeout_s={WAIT_S}", "lock.heartbeat_s=5"]
     if custom:
+        # Task building and the writer on the head, as the docstring says: were they on the
+        # pose node when it is killed, their finished outputs would be lost with it, and Ray
+        # cannot rebuild the output of an actor pool that has already shut down (the run
+        # then stalls until ray.stall_timeout_s ends it with exit 3).
         sets += ["decode.resources.custom={decode_node: 0.01}",
-                 "pose.resources.custom={pose_node: 0.01}"]
+                 "pose.resources.custom={pose_node: 0.01}",
+                 "tasks.resources.custom={head_node: 0.01}",
+                 "write.resources.custom={head_node: 0.01}"]
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -89,7 +95,8 @@ class Cluster:
                "--port", self.gcs.split(":")[1], "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dash), "--include-dashboard", "true",
                "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.tmp / "ray"),
-               "--num-cpus", "1", "--disable-usage-stats", *self._ports()]
+               "--num-cpus", "1", "--resources", json.dumps({"head_node": 1}),
+               "--disable-usage-stats", *self._ports()]
         self._spawn("head", cmd)
         deadline = time.time() + 180
         while subprocess.run([RAY, "job", "list", "--address", self.address], env=self.env,

@@ -31,3 +31,16 @@ def test_a_stage_is_unplaceable_only_when_no_single_node_fits_one_worker():
     # Resources split over two nodes do not make one worker fit.
     assert unplaceable(needs, [{"CPU": 8, "GPU": 1}, {"gpu_node": 1}]) == ["DecodeStage", "PoseStage"]
     assert unplaceable(needs, []) == ["DecodeStage", "PoseStage"]
+
+
+def test_a_pass_is_stalled_only_after_losing_a_node_and_going_quiet():
+    from proxyqa.pipeline.graph import StallWatch
+
+    watch = StallWatch(nodes=3, timeout_s=10)
+    assert not watch.stalled(0, 3, 0.0)
+    assert not watch.stalled(0, 3, 100.0)      # quiet without a lost node: slow work, not a stall
+    assert not watch.stalled(1, 2, 101.0)      # a node lost, but output still coming
+    assert not watch.stalled(1, 2, 110.0)
+    assert watch.stalled(1, 2, 111.5)          # lost a node and nothing for 10 s
+    assert watch.stalled(1, 3, 112.0)          # a node coming back does not undo the loss
+    assert not watch.stalled(2, 3, 113.0)      # ... but new output does
