@@ -62,7 +62,7 @@ def test_rows_follow_the_schema_contract(all_clips_run):
 
 
 def test_second_run_gives_the_same_sample_ids(all_clips_run, tmp_path, clips_dir):
-    assert run_cli(LOCAL, "--input", str(clips_dir), "--output", str(tmp_path), *QUIET) == 0
+    assert run_cli(LOCAL, "--input", str(clips_dir), "--output", str(tmp_path), *QUIET, *PLUMBING_TEMPORAL) == 0
     first = {r["sample_id"] for r in read_run(all_clips_run)[0]}
     second = {r["sample_id"] for r in read_run(latest_run(tmp_path))[0]}
     assert first == second and first

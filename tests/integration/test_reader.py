@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from proxyqa.core.schema import SAMPLE_SCHEMA, empty_sample
 from proxyqa.trainer.reader import RunDataset, RunError, decode_images, resolve_run, shard_uris
-from tests.helpers import REPO, latest_run, read_run, run_cli
+from tests.helpers import PLUMBING_TEMPORAL, REPO, latest_run, read_run, run_cli
 
 
 def _jpeg(i: int) -> bytes:
@@ -156,7 +156,7 @@ def test_incremental_run_reads_carried_shards_of_earlier_runs(small_run, small_i
     out = tmp_path / "out"
     shutil.copytree(small_run.parent.parent, out)
     assert run_cli(REPO / "configs" / "local.yaml", "--input", str(small_input), "--output",
-                   str(out), "--set", "ray.progress_bars=false", "--incremental") == 0
+                   str(out), "--set", "ray.progress_bars=false", *PLUMBING_TEMPORAL, "--incremental") == 0
     second = latest_run(out)
     assert second.name != small_run.name
     manifest = json.loads((second / "manifest.json").read_text())

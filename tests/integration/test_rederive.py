@@ -342,7 +342,9 @@ def test_checker_rejects_wrong_answers():
 
 
 def test_rederive_real_clip_rows(clips_dir):
-    """Real decode + mediapipe pose + builders on a two-person clip; every row re-derives."""
+    """Real decode + mediapipe pose + builders on two two-person clips; every row re-derives.
+    (The hug at the end of the mmaction2 clip is abstained on, so the pose2sim clip adds the
+    motion questions.)"""
     from proxyqa.core.config import Config
     from proxyqa.stages.decode import DecodeStage
     from proxyqa.stages.pose import PoseStage
@@ -352,7 +354,7 @@ def test_rederive_real_clip_rows(clips_dir):
     cfg = Config.model_validate({"pose": {"backend": "mediapipe"},
                                  "decode": {"num_frames": 12},
                                  "tasks": {"enabled": GEOMETRY_TASKS}})
-    names = ["mmaction2_demo_skeleton.mp4"]
+    names = ["mmaction2_demo_skeleton.mp4", "pose2sim_multi_cam01.mp4"]
     batch = {"video_uri": [str(clips_dir / n) for n in names], "video_id": names,
              "content_id": names}
     batch = DecodeStage(cfg.decode, cfg.limits)(batch)
