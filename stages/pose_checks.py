@@ -27,7 +27,7 @@ them. Thresholds were measured on the shared clips and the hand-labelled images
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import numpy as np
@@ -190,6 +190,20 @@ BONES = {"upper_arm": (("shoulder", "elbow"),), "forearm": (("elbow", "wrist"),)
          "thigh": (("hip", "knee"),), "shin": (("knee", "ankle"),)}
 
 
+def _parsed(kps: np.ndarray, aspect: float, min_score: float
+            ) -> Optional[tuple[float, np.ndarray, Callable[..., bool]]]:
+    """(torso length, points in frame heights, `ok(*joint names)`: all confident), or None
+    without a torso to measure by."""
+    scale = torso_length(kps, aspect, min_score)
+    if scale is None:
+        return None
+    conf = kps[:, 2] >= min_score
+
+    def ok(*names: str) -> bool:
+        return all(conf[J[n]] for n in names)
+    return scale, _px(kps, aspect), ok
+
+
 def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[str]:
     """Why a skeleton cannot be a real body, or None when nothing is wrong.
 
@@ -205,14 +219,10 @@ def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[st
     - an upright torso shorter than MIN_TORSO_TO_SHOULDERS x its shoulder width: a body
       squashed flat (seen in skeletons merged from two people or collapsed into a box).
     """
-    scale = torso_length(kps, aspect, min_score)
-    if scale is None:
+    parsed = _parsed(kps, aspect, min_score)
+    if parsed is None:
         return None
-    px = _px(kps, aspect)
-    conf = kps[:, 2] >= min_score
-
-    def ok(*names: str) -> bool:
-        return all(conf[J[n]] for n in names)
+    scale, px, ok = parsed
 
     for bone, ((a, b),) in BONES.items():
         for s in ("left", "right"):
@@ -233,9 +243,9 @@ def implausible(kps: np.ndarray, aspect: float, min_score: float) -> Optional[st
         return "inverted torso: shoulders below the hips"
     if lean > UPRIGHT_LEAN:
         return None
-    ankles = [px[J[a]][1] for a in ("left_ankle", "right_ankle") if conf[J[a]]]
+    ankles = [px[J[a]][1] for a in ("left_ankle", "right_ankle") if ok(a)]
     face = [px[J[f]][1] for f in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
-            if conf[J[f]]]
+            if ok(f)]
     if ankles and face and min(ankles) < mid_hip[1] and min(face) > mid_sh[1]:
         return "upside down: ankle above the hips and face below the shoulders of an upright torso"
     if len(ankles) == 2 and max(ankles) < mid_sh[1]:
@@ -288,14 +298,10 @@ def sides_unclear(kps: np.ndarray, aspect: float, min_score: float,
     any order) and crossed legs (ankles or knees in the opposite left-right order to the
     hips by CROSS_MARGIN torso lengths). A model that reads sides from such frames is
     guessing, and so would be the question."""
-    scale = torso_length(kps, aspect, min_score)
-    if scale is None:
+    parsed = _parsed(kps, aspect, min_score)
+    if parsed is None:
         return None
-    px = _px(kps, aspect)
-    conf = kps[:, 2] >= min_score
-
-    def ok(*names: str) -> bool:
-        return all(conf[J[n]] for n in names)
+    scale, px, ok = parsed
 
     if ok("left_shoulder", "right_shoulder", "left_hip", "right_hip"):
         mid_sh = (px[J["left_shoulder"]] + px[J["right_shoulder"]]) / 2
