@@ -234,14 +234,16 @@ def _zero() -> Clock:
 def pose_model_passes(pose_cfg) -> int:
     """Model passes per frame the config asks for: 1, plus 1 for a mirrored (flipped)
     second pass when the pose config has one switched on (any truthy field named
-    *flip* or *mirror*, at the top of `pose` or in its backend's section)."""
+    *flip* or *mirror*, at the top of `pose`, in its `checks` (issue 13's flip test) or in
+    its backend's section)."""
     passes = 1
-    sections = [pose_cfg, getattr(pose_cfg, pose_cfg.backend, None)]
+    sections = [pose_cfg, getattr(pose_cfg, "checks", None), getattr(pose_cfg, pose_cfg.backend, None)]
     for section in sections:
         if section is None or not hasattr(section, "model_dump"):
             continue
         for key, value in section.model_dump().items():
-            if ("flip" in key or "mirror" in key) and value and not isinstance(value, dict):
+            # switches only (flip_tolerance and the like are settings of the same pass)
+            if ("flip" in key or "mirror" in key) and value is True:
                 passes += 1
     return passes
 

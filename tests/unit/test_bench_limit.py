@@ -23,9 +23,11 @@ def _results(decord: float, mediapipe: float, tasks: float, write: float) -> lis
 def test_limit_is_cores_over_raw_cpu_per_video():
     cfg = load_config(REPO / "configs" / "local.yaml")
     lim = stages.machine_limit(_results(216, 421, 21, 20), cfg)
-    assert lim["pose_model_passes"] == 1
-    assert lim["total_cpu_ms_per_video"] == 678
-    assert lim["videos_per_s"] == round(os.cpu_count() * 1000 / 678, 3)
+    assert lim["pose_model_passes"] == 2           # pose.checks.flip_test is on by default
+    assert lim["total_cpu_ms_per_video"] == 216 + 2 * 421 + 21 + 20
+    assert lim["videos_per_s"] == round(os.cpu_count() * 1000 / 1099, 3)
+    cfg.pose.checks.flip_test = False
+    assert stages.machine_limit(_results(216, 421, 21, 20), cfg)["total_cpu_ms_per_video"] == 678
 
 
 def test_a_flip_pass_in_the_config_counts_twice():
