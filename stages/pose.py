@@ -79,9 +79,12 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
         others = [p.box for p in people[pos] if p is not person]
         dets = list(detections[pos]) if detections is not None else []
         skeleton_boxes = [p.box for p in people[pos]]
-        if mirrored is not None:   # the mirrored run may find someone the first run missed
-            dets += [chk.mirror_box(m.box) for m in mirrored[pos]]
+        # The mirrored run may find someone the first run missed: a box, and limbs.
+        mirror_people = list(mirrored[pos]) if mirrored is not None else []
+        dets += [chk.mirror_box(m.box) for m in mirror_people]
         missed = [d for d in dets if chk.explained(d, skeleton_boxes) is None]
+        mirrored_only = [m for m in mirror_people
+                         if chk.explained(chk.mirror_box(m.box), skeleton_boxes) is None]
         lone_faces, face_on_subject = chk.foreign_faces(faces[pos] if faces is not None else [],
                                                         people[pos], person)
         lone_faces = [f for f in lone_faces if not any(chk.inside(f, d) for d in missed)]
@@ -121,9 +124,7 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
             continue
         kps[chk.joints_on_others(kps, person.box, others), 2] = 0.0
         other_kps = [p.keypoints for p in people[pos] if p is not person]
-        if mirrored is not None:   # people only the mirrored run found, with their limbs
-            other_kps += [chk.mirror_back(m) for m in mirrored[pos]
-                          if chk.explained(chk.mirror_box(m.box), skeleton_boxes) is None]
+        other_kps += [chk.mirror_back(m) for m in mirrored_only]
         kps[chk.joints_near_other_limbs(kps, other_kps, aspect, min_score), 2] = 0.0
         if faces is not None and not chk.nose_on_a_face(kps, faces[pos]):
             kps[chk.J["nose"], 2] = 0.0   # no face seen there: no nose question
