@@ -391,25 +391,20 @@ def ray_pin(bundle: Bundle) -> Optional[str]:
 def pipeline_gpus(cfg: Any) -> tuple[float, float]:
     """(GPUs the pipeline holds at once, most GPUs one actor needs) for a config. In endpoint
     mode the MLLM's GPUs belong to the served model, not to the run."""
-    from proxyqa.core.schema import MLLM_TASKS
-
     stages = [cfg.decode.resources, cfg.pose.resources, cfg.tasks.resources, cfg.write.resources]
-    if cfg.mllm.enabled and cfg.mllm.mode == "endpoint":
-        stages.append(cfg.mllm.resources)
+    stages += [cfg.mllm.resources] if cfg.mllm.enabled else []
     total, largest = 0.0, 0.0
     for res in stages:
         if res.num_gpus:
             total += res.num_gpus * (res.concurrency or 1)
             largest = max(largest, res.num_gpus)
     if cfg.mllm.enabled and cfg.mllm.mode == "engine":
-        # pipeline/engine.py runs one ray.data.llm pass per planned MLLM call (pose_description
-        # also when synthesized_qa needs its descriptions), each with its own engines.
-        tasks = {t for t in MLLM_TASKS if t in cfg.tasks.enabled}
-        if "synthesized_qa" in tasks:
-            tasks.add("pose_description")
+        # Engine mode: the job's own vLLM replicas (pipeline/graph.py served_engine), shared
+        # by every MLLM task: concurrency x GPUs per replica, whatever the tasks.
         eng = cfg.mllm.engine
-        total += len(tasks) * eng.concurrency * eng.tensor_parallel_size
-        largest = max(largest, eng.tensor_parallel_size)
+        per = eng.tensor_parallel_size if eng.num_gpus is None else eng.num_gpus
+        total += eng.concurrency * per
+        largest = max(largest, per)
     return total, largest
 
 

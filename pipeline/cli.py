@@ -112,34 +112,26 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
     try:
         t0 = time.time()
         if plan.todo:  # nothing to do: no need to start Ray
-            from proxyqa.pipeline.graph import Stalled, Unschedulable, execute, is_multinode, ray_mapper
+            from proxyqa.pipeline.graph import (
+                EngineStartError,
+                Stalled,
+                Unschedulable,
+                is_multinode,
+                ray_mapper,
+                served_engine,
+            )
 
             try:
-                todo = plan.todo
-                for attempt in range(cfg.ray.lost_video_passes + 1):
-                    if attempt:
-                        print(f"proxyqa: {len(todo)} videos have no record (lost with a node "
-                              f"or a worker): running them again (pass {attempt + 1})", flush=True)
-                    try:
-                        # Retry passes: one video per block (see execute).
-                        execute(cfg, run, todo, per_block=1 if attempt else None)
-                    except Unschedulable:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - e.g. blocks lost with a node
-                        if attempt == cfg.ray.lost_video_passes:
-                            raise
-                        print(f"proxyqa: pass {attempt + 1} ended early ({one_line(exc)})",
-                              flush=True)
-                    records = read_video_records(run, threads)
-                    have = {r["video_id"] for r in records}
-                    todo = [v for v in todo if v["video_id"] not in have]
-                    if not todo:
-                        break
+                with served_engine(cfg) as engine_urls:   # engine mode's replicas, else []
+                    records = _execute_passes(cfg, run, plan.todo, engine_urls)
             except Unschedulable as exc:
                 fix = ("" if isinstance(exc, Stalled)
                        else "add nodes that carry those resources and ")
                 raise RunIncomplete(f"run {run.run_id} did not complete ({exc}); {fix}run the "
                                     "same command again to resume it") from None
+            except EngineStartError as exc:
+                raise RunIncomplete(f"run {run.run_id} did not start ({exc}); run the same "
+                                    "command again to resume it") from None
             if is_multinode():   # compaction on the workers, next to the storage
                 mapper = ray_mapper(threads, thread_mapper(threads),
                                     cfg.write.commit_on_workers_min_files)
@@ -157,6 +149,34 @@ def _run_locked(cfg, args, chash: str, videos: list[dict], started: float,
                             "run the same command again to resume it") from exc
     _print_summary(run, manifest)
     return 0
+
+
+def _execute_passes(cfg, run, todo: list[dict], engine_urls: list[str]) -> list[dict]:
+    """The run's pass, then up to `ray.lost_video_passes` passes over videos that still have
+    no record (lost with a node or a worker) -> the run's video records."""
+    from proxyqa.pipeline.graph import Unschedulable, execute
+
+    threads = cfg.write.commit_parallelism
+    records: list[dict] = []
+    for attempt in range(cfg.ray.lost_video_passes + 1):
+        if attempt:
+            print(f"proxyqa: {len(todo)} videos have no record (lost with a node "
+                  f"or a worker): running them again (pass {attempt + 1})", flush=True)
+        try:
+            # Retry passes: one video per block (see execute).
+            execute(cfg, run, todo, per_block=1 if attempt else None, engine_urls=engine_urls)
+        except Unschedulable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. blocks lost with a node
+            if attempt == cfg.ray.lost_video_passes:
+                raise
+            print(f"proxyqa: pass {attempt + 1} ended early ({one_line(exc)})", flush=True)
+        records = read_video_records(run, threads)
+        have = {r["video_id"] for r in records}
+        todo = [v for v in todo if v["video_id"] not in have]
+        if not todo:
+            break
+    return records
 
 
 class RunIncomplete(RuntimeError):

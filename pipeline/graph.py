@@ -7,12 +7,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from proxyqa.core.config import Config
+from proxyqa.core.errors import one_line
 from proxyqa.core.schema import to_arrow
 from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, steps  # noqa: F401 - bench uses them from here
 
@@ -80,19 +82,15 @@ def input_blocks(videos: list[dict], per_block: int) -> list[pa.Table]:
             for i in range(0, len(videos), per_block)]
 
 
-def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None):
+def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None,
+                  engine_urls: Sequence[str] = ()):
     import ray
 
     cpus = _cluster_cpus()
     per_block = per_block or videos_per_block(cfg, len(videos), cpus)
     ds = ray.data.from_arrow(input_blocks(videos, per_block))
-    plan = steps(cfg, run)
-    engine = None
+    plan = steps(cfg, run, engine_urls)
     for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):
-        if step.kind == "llm":
-            engine = engine or _engine_config(cfg)
-            ds = _engine_pass(step, engine)(ds)
-            continue
         res = step.resources
         # A subclass per stage so Ray's progress bars and logs name the stage.
         adapter = type(step.stage.__name__, (ArrowAdapter,), {})
@@ -116,22 +114,6 @@ def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | No
             max_task_retries=cfg.ray.max_task_retries,
         )
     return ds
-
-
-def _engine_config(cfg: Config):
-    from proxyqa.pipeline.engine import engine_processor_config
-
-    return engine_processor_config(cfg.mllm)
-
-
-def _engine_pass(step: Step, engine_cfg):
-    """A ray.data.llm processor: the step's pre, the vLLM engine, the reply record."""
-    from ray.data.llm import build_processor
-
-    from proxyqa.pipeline.engine import EnginePost
-
-    return build_processor(engine_cfg, preprocess=step.stage(**step.kwargs),
-                           postprocess=EnginePost(step.kwargs["task"]))
 
 
 def _cluster_cpus() -> int:
@@ -224,12 +206,13 @@ class StallWatch:
 
 
 def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
-            per_block: int | None = None) -> None:
+            per_block: int | None = None, engine_urls: Sequence[str] = ()) -> None:
     """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
 
     `per_block`: videos per input block (default: videos_per_block). A call whose worker dies
     on every retry loses its whole block; the lost-video pass runs one video per block, so a
-    video that kills its worker loses only itself there.
+    video that kills its worker loses only itself there. `engine_urls`: engine mode's
+    replicas (`served_engine`).
 
     The dataset is consumed on a daemon thread while this thread watches the cluster: if
     some stage has had no live node able to host one of its workers for
@@ -240,7 +223,7 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
     init_ray(cfg)
     if not videos:
         return
-    ds = build_dataset(cfg, run, videos, per_block)
+    ds = build_dataset(cfg, run, videos, per_block, engine_urls)
     needs = stage_needs(cfg, run)
     failure: list[BaseException] = []
     outputs = [0]
@@ -275,6 +258,60 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
                 + f") for {cfg.ray.unschedulable_timeout_s:.0f}s")
     if failure:
         raise failure[0]
+
+
+@contextmanager
+def served_engine(cfg: Config) -> Iterator[list[str]]:
+    """Engine mode: `mllm.engine.concurrency` vLLM server replicas as Ray actors (each with
+    tensor_parallel_size GPUs), started together and stopped when the block ends; yields
+    their URLs. Every MLLM task of every MLLM worker calls these, so a model is loaded once
+    per replica for the whole run (not once per task). Yields [] in any other mode.
+
+    A replica that fails to start ends the run before any video (one line, resumable); one
+    that dies mid-run makes the MLLM calls fail like an unreachable endpoint (recorded per
+    video, retried by the next incremental run)."""
+    if not (cfg.mllm.enabled and cfg.mllm.mode == "engine"):
+        yield []
+        return
+    import ray
+
+    from proxyqa.models.vllm_server import ModelServer
+
+    eng = cfg.mllm.engine
+    init_ray(cfg)
+
+    class Replica(ModelServer):
+        def __init__(self, cfg, host):
+            super().__init__(cfg, ray.util.get_node_ip_address() if host == "auto" else host)
+
+    # No CPU reservation: a replica's work is on its GPUs, and a CPU it held would be one the
+    # pipeline's CPU stages could never use on small nodes (on 2 CPUs, two replicas
+    # reserving one each left the decode stage nothing to start on: the run waited forever).
+    actor = ray.remote(Replica).options(
+        num_cpus=0, num_gpus=eng.tensor_parallel_size if eng.num_gpus is None else eng.num_gpus,
+        resources=dict(eng.resources) or None, max_restarts=0)
+    replicas = [actor.remote(eng, eng.host) for _ in range(eng.concurrency)]
+    try:
+        try:
+            urls = ray.get([r.start.remote() for r in replicas],
+                           timeout=eng.startup_timeout_s + 60)
+        except Exception as exc:  # noqa: BLE001 - one line for the user (the server's last words)
+            cause = getattr(exc, "cause", None) or exc     # a RayTaskError wraps the actor's
+            raise EngineStartError(f"engine mode: the vLLM replicas did not start: "
+                                   f"{one_line(cause, 600)}") from None
+        log.info("engine mode: %d vLLM replica(s) of %s at %s", len(urls), eng.model_source, urls)
+        yield urls
+    finally:
+        for r in replicas:
+            try:
+                ray.get(r.stop.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - a dead replica: its server got SIGTERM with it
+                pass
+            ray.kill(r)
+
+
+class EngineStartError(RuntimeError):
+    """Engine mode's vLLM replicas could not be started."""
 
 
 def ray_mapper(parallelism: int, small: Callable[[Callable[..., Any], list], list],

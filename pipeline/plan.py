@@ -2,11 +2,13 @@
 Data, pipeline/local.py for one process) run the same plan.
 
 Read top to bottom, `steps()` is the pipeline. Each step names a stage class (plain Python),
-its constructor arguments and its resources from the config. An engine pass (MLLM engine
-mode) is a step of kind "llm": pre (plan -> messages), the engine, post (reply -> record).
+its constructor arguments and its resources from the config. The MLLM step is the same in
+both MLLM modes; in engine mode it is given the URLs of the vLLM replicas the executor
+started for the run (`engine_urls`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,16 +25,15 @@ MLLM_ONLY_COLUMNS = ("subject_crops_jpeg",)
 
 @dataclass
 class Step:
-    stage: type                            # a stage class; for kind "llm", the pass's pre class
+    stage: type                            # a stage class: stage(**kwargs)(batch) -> batch
     kwargs: dict[str, Any]
     resources: Resources
     drop_after: tuple[str, ...] = ()       # columns no later step needs (less data between stages)
-    kind: str = "map"                      # "map": stage(batch) -> batch; "llm": an engine pass
 
 
 # Stage modules are imported where used, not at module level: every Ray worker imports this
 # module, and a decode worker need not load pose, MLLM and scipy (~1 s more per worker).
-def steps(cfg: Config, run: Run) -> list[Step]:
+def steps(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
     from proxyqa.models.pose_base import check_pose_config
     from proxyqa.stages.decode import DecodeStage
     from proxyqa.stages.mllm import MLLMStage
@@ -43,7 +44,6 @@ def steps(cfg: Config, run: Run) -> list[Step]:
 
     ctx = RunContext(run_id=run.run_id, config_hash=run.config_hash, seed=cfg.tasks.seed)
     min_score = cfg.pose.min_keypoint_score
-    mllm = dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=ctx, min_keypoint_score=min_score)
     plan = [Step(DecodeStage, dict(cfg=cfg.decode, limits=cfg.limits, s3=cfg.s3), cfg.decode.resources)]
     if cfg.pose.backend != "none":
         check_pose_config(cfg.pose)  # e.g. missing weights: one clear error, not one per video
@@ -51,10 +51,10 @@ def steps(cfg: Config, run: Run) -> list[Step]:
                          drop_after=() if cfg.mllm.enabled else MLLM_ONLY_COLUMNS))
     plan.append(Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
                      cfg.tasks.resources))
-    if cfg.mllm.enabled and cfg.mllm.mode == "endpoint":
-        plan.append(Step(MLLMStage, mllm, cfg.mllm.resources))
-    elif cfg.mllm.enabled and cfg.mllm.mode == "engine":
-        plan += engine_steps(cfg, mllm)
+    if cfg.mllm.enabled:
+        plan.append(Step(MLLMStage, dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=ctx,
+                                         min_keypoint_score=min_score, base_urls=list(engine_urls)),
+                         cfg.mllm.resources))
     plan[-1].drop_after = HEAVY_COLUMNS
     plan.append(Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
                                             config_hash=run.config_hash,
@@ -62,13 +62,3 @@ def steps(cfg: Config, run: Run) -> list[Step]:
                      cfg.write.resources))
     return plan
 
-
-def engine_steps(cfg: Config, mllm: dict[str, Any]) -> list[Step]:
-    """One engine pass per planned call, then the planner's finish as a plain stage."""
-    from proxyqa.pipeline.engine import EnginePre, MLLMFinish
-    from proxyqa.stages.mllm_plan import MLLMPlanner
-
-    planner = MLLMPlanner(cfg.mllm, cfg.tasks.enabled, mllm["ctx"], mllm["min_keypoint_score"])
-    passes = [Step(EnginePre, dict(task=task, planner=planner, cfg=cfg.mllm), cfg.mllm.resources,
-                   kind="llm") for task in planner.calls]
-    return passes + [Step(MLLMFinish, mllm, cfg.tasks.resources)]

@@ -1,7 +1,13 @@
-"""MLLM stage (endpoint mode): asks an OpenAI-compatible `vllm serve` endpoint what the
-planner says to ask, and turns the replies into verified rows (stages/mllm_plan.py)."""
+"""MLLM stage: asks an OpenAI-compatible vLLM server what the planner says to ask, and turns
+the replies into verified rows (stages/mllm_plan.py).
+
+Endpoint mode calls `mllm.endpoint.base_url`; engine mode calls the replicas the job started
+(`base_urls`, pipeline/graph.py `served_engine`), which serve `mllm.engine.model_source`
+under that name. Every MLLM task goes through this one stage, so all of them share the
+same servers."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -22,10 +28,18 @@ class MLLMStage(RowStage):
     name = "mllm"
 
     def __init__(self, cfg: MLLMConfig, enabled_tasks: list[str], ctx: RunContext,
-                 min_keypoint_score: float = 0.5, client: Optional[Any] = None):
+                 min_keypoint_score: float = 0.5, client: Optional[Any] = None,
+                 base_urls: Sequence[str] = ()):
+        self.mode = cfg.mode
+        if self.mode == "engine":
+            if not base_urls and client is None:
+                raise ValueError("engine mode needs the URLs of the replicas the job started")
+            # The replicas serve the model under its source path/id (models/vllm_server.py).
+            cfg = cfg.model_copy(update={"endpoint": cfg.endpoint.model_copy(
+                update={"model": cfg.engine.model_source})})
         self.cfg = cfg
         self.planner = MLLMPlanner(cfg, enabled_tasks, ctx, min_keypoint_score)
-        self.client = client if client is not None else EndpointClient(cfg)
+        self.client = client if client is not None else EndpointClient(cfg, base_urls)
 
     def __call__(self, batch: Batch) -> Batch:
         rows = to_rows(batch)
@@ -68,4 +82,4 @@ class MLLMStage(RowStage):
                 replies[task] = self.ask(step)
         for task, future in pending.items():
             replies[task] = future.result()
-        return self.planner.finish(row, replies, "endpoint")
+        return self.planner.finish(row, replies, self.mode)

@@ -418,13 +418,45 @@ class EndpointConfig(Strict):
 
 
 class EngineConfig(Strict):
-    model_source: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="HF id or local path.")
-    batch_size: int = Field(16, ge=1, description="Rows per engine batch.")
-    concurrency: int = Field(1, ge=1, description="vLLM engine replicas.")
+    """Engine mode: the job serves the model itself, once per replica, for every MLLM pass."""
+
+    model_source: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        description="Local path (weights pre-staged on the node) or HF id; also the served name.",
+    )
+    concurrency: int = Field(
+        1, ge=1, description="vLLM server replicas, shared by every MLLM task and worker."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica.")
+    num_gpus: Optional[float] = Field(
+        None, ge=0, description="GPUs Ray reserves per replica; null = tensor_parallel_size "
+        "(0 only for a CPU build of vLLM, as the tests use).",
+    )
     max_model_len: int = Field(8192, description="Context length.")
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra vLLM engine arguments (passed through)."
+        default_factory=dict,
+        description="Extra vLLM server arguments: {max_num_seqs: 64} -> --max-num-seqs 64 "
+        "(true: a bare flag; dicts/lists as JSON).",
+    )
+    python: Optional[str] = Field(
+        None, description="Python with vLLM installed; null = the Ray worker's own interpreter."
+    )
+    host: str = Field(
+        "auto", description="Address the replicas listen on and are called at; auto = the IP "
+        "of the Ray node each replica lands on.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of the server processes (e.g. VLLM_CPU_KVCACHE_SPACE). "
+        "Not for secrets: the manifest records it; a token comes from the node's env.",
+    )
+    startup_timeout_s: float = Field(
+        1800.0, gt=0, description="Longest wait for a replica to load the model and answer."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica (e.g. {gpu_node: 0.01}); each replica also "
+        "takes num_gpus GPUs (no CPU reservation).",
     )
 
 
@@ -438,7 +470,8 @@ class SamplingConfig(Strict):
 class MLLMConfig(Strict):
     enabled: bool = Field(False, description="Run the MLLM tasks (needs an endpoint or GPUs).")
     mode: Literal["endpoint", "engine"] = Field(
-        "endpoint", description="endpoint = `vllm serve` URL; engine = in-cluster ray.data.llm."
+        "endpoint", description="endpoint = an existing `vllm serve` URL; engine = the job starts "
+        "its own vLLM server replicas (mllm.engine) and every MLLM pass shares them."
     )
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

