@@ -9,7 +9,8 @@
 2. Blind baselines of description_match and change_match (the options' text only, no image),
    each scored against chance (1 / options):
    - typical: the option whose facts are most frequent in the OTHER videos' true captions
-     (leave-one-video-out); atypical: the least frequent;
+     (leave-one-video-out); atypical: the least frequent; middle: one of those strictly
+     between the most and the least typical;
    - medoid: the option sharing the most facts with the other options of its question;
    - length: the longest / the shortest option;
    - ngram: a word-bigram naive Bayes trained on the other videos' questions (true vs wrong
@@ -104,6 +105,10 @@ def blind(rows: list[dict], group=None) -> dict:
             hits["typical"] += best(typical)
             # a typical score far below chance is a signal too: the least typical option
             hits["atypical"] += best([-t for t in typical])
+            # the 2x2 grid's own weak spot: when the two slots' true values lean opposite ways
+            # (one typical, one not), the truth is neither the most nor the least typical
+            lo, hi = min(typical), max(typical)
+            hits["middle"] += best([1.0 if lo < t < hi else 0.0 for t in typical])
             hits["medoid"] += best([sum(len(ks & kt) for kt in keys) for ks in keys])
             hits["longest"] += best([len(c) for c in q["choices"]])
             hits["shortest"] += best([-len(c) for c in q["choices"]])

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:40s} {task:18s} q={s['questions']:4d} distinct={s['distinct']:4d} "
                   f"v={s['videos']:3d} takes={s['groups']:3d} "
                   + " ".join(f"{k}={s[k]:.2f}" for k in
-                             ("chance", "typical", "atypical", "medoid", "longest", "shortest", "ngram")))
+                             ("chance", "typical", "atypical", "middle", "medoid", "longest", "shortest", "ngram")))
     (args.out / "caption_baselines.json").write_text(json.dumps(results, indent=1))
     if args.render:
         audit = args.out / "audit"
