@@ -9,7 +9,8 @@
 2. Blind baselines of description_match and change_match (the options' text only, no image),
    each scored against chance (1 / options):
    - typical: the option whose facts are most frequent in the OTHER videos' true captions
-     (leave-one-video-out);
+     (leave-one-video-out); atypical: the least frequent; middle: one of those strictly
+     between the most and the least typical;
    - medoid: the option sharing the most facts with the other options of its question;
    - length: the longest / the shortest option;
    - ngram: a word-bigram naive Bayes trained on the other videos' questions (true vs wrong
@@ -75,7 +76,11 @@ def _bigrams(text: str) -> list[str]:
     return words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
 
 
-def blind(rows: list[dict]) -> dict:
+def blind(rows: list[dict], group=None) -> dict:
+    """The baselines, each question scored by models fitted on the questions of the OTHER
+    groups; `group(row)` names a row's group (default: its video; views of one take are one
+    group, see bench/caption_baselines.py)."""
+    group = group or (lambda r: r["video_id"])
     out = {}
     for task in MATCH:
         qs = [r for r in rows if r["task"] == task]
@@ -85,7 +90,7 @@ def blind(rows: list[dict]) -> dict:
         for q in qs:
             s = json.loads(q["answer_struct"])
             n = len(q["choices"])
-            others = [r for r in qs if r["video_id"] != q["video_id"]]
+            others = [r for r in qs if group(r) != group(q)]
             freq = Counter(_key(f) for r in others for f in json.loads(r["answer_struct"])["facts"])
             opts = s["choice_facts"]
             keys = [{_key(f) for f in o} for o in opts]
@@ -96,7 +101,14 @@ def blind(rows: list[dict]) -> dict:
                 tied = [i for i, v in enumerate(scores) if v == top]
                 return (index in tied) / len(tied)
 
-            hits["typical"] += best([sum(math.log(1 + freq[k]) for k in ks) for ks in keys])
+            typical = [sum(math.log(1 + freq[k]) for k in ks) for ks in keys]
+            hits["typical"] += best(typical)
+            # a typical score far below chance is a signal too: the least typical option
+            hits["atypical"] += best([-t for t in typical])
+            # the 2x2 grid's own weak spot: when the two slots' true values lean opposite ways
+            # (one typical, one not), the truth is neither the most nor the least typical
+            lo, hi = min(typical), max(typical)
+            hits["middle"] += best([1.0 if lo < t < hi else 0.0 for t in typical])
             hits["medoid"] += best([sum(len(ks & kt) for kt in keys) for ks in keys])
             hits["longest"] += best([len(c) for c in q["choices"]])
             hits["shortest"] += best([-len(c) for c in q["choices"]])
@@ -112,6 +124,9 @@ def blind(rows: list[dict]) -> dict:
             hits["chance"] += 1 / n
         total = len(qs)
         out[task] = {"questions": total, "videos": len({q["video_id"] for q in qs}),
+                     "groups": len({group(q) for q in qs}),
+                     "distinct": len({(q["video_id"], tuple(q["frame_indices"]), frozenset(q["choices"]))
+                                      for q in qs}),
                      **{k: round(v / total, 4) for k, v in hits.items()},
                      "edits": dict(Counter(json.loads(q["answer_struct"])["edit"] for q in qs))}
     return out

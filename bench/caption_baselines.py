@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import pickle
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -53,9 +54,13 @@ def _config(frames: int):
     return load_config(REPO / "configs" / "local.yaml", [f"decode.num_frames={frames}"])
 
 
-def clip_rows(shared: Path, frames: int) -> list[dict]:
-    """Decoded + posed rows of every shared clip at `frames` frames (cached)."""
-    path = CACHE / f"caption_clips_{frames}.pkl"
+def clip_rows(shared: Path, frames: int, clips: Path | None = None) -> list[dict]:
+    """Decoded + posed rows of every clip of `clips` (default: the shared clips) at `frames`
+    frames (cached)."""
+    clips = clips or shared / "clips"
+    tag = "" if clips == shared / "clips" else "_" + hashlib.sha256(
+        str(clips.resolve()).encode()).hexdigest()[:8]
+    path = CACHE / f"caption_clips{tag}_{frames}.pkl"
     if path.is_file():
         return pickle.loads(path.read_bytes())
     from proxyqa.core.config import Config
@@ -64,7 +69,7 @@ def clip_rows(shared: Path, frames: int) -> list[dict]:
     from proxyqa.stages.pose import PoseStage
 
     cfg = _config(frames)
-    videos = list_videos(Config(input=str(shared / "clips")))
+    videos = list_videos(Config(input=str(clips)))
     decode, pose = DecodeStage(cfg.decode, cfg.limits, cfg.s3), PoseStage(cfg.pose)
     rows = []
     for video in videos:
@@ -105,6 +110,31 @@ def still_rows(shared: Path) -> list[dict]:
     path.write_bytes(pickle.dumps(rows))
     print(f"posed {len(rows)} stills")
     return rows
+
+
+def take(uri: str) -> str:
+    """The recording a clip belongs to: synchronized views of one take (pose2sim_single_cam01
+    .. cam04 film the same motion at the same time) are one group for leave-one-out, else a
+    model fitted on cam03 knows cam04's answers."""
+    return re.sub(r"_cam\d+$", "", Path(uri).stem)
+
+
+def unique(*sets: list[dict]) -> list[dict]:
+    """Rows of several sets with each video content once (the demo clips repeat 5 shared
+    clips: a copy must not be another video for leave-one-out)."""
+    seen: set[tuple] = set()
+    out = []
+    for rows in sets:
+        for r in rows:
+            key = (r.get("content_id") or r["video_id"], len(r.get("timestamps") or ()))
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
+
+
+def blind_by_take(rows: list[dict]) -> dict:
+    return blind(rows, group=lambda r: take(r["video_uri"]))
 
 
 def questions(rows: list[dict], samples: int, tasks=MATCH, seeds: int = 1) -> list[dict]:
@@ -177,11 +207,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks.seed values pooled (the demo rows: seed 0 only)")
     parser.add_argument("--no-stills", action="store_true")
     parser.add_argument("--priors", action="store_true")
+    parser.add_argument("--demo", type=Path, default=REPO / "demo-data" / "clips",
+                        help="the demo clips (`make demo`'s input), if present: their rows at "
+                             "seed 0 (what the demo writes) and pooled with the rest")
     parser.add_argument("--render", type=int, default=0,
                         help="render this many pose_description and description_match rows")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     clips = {n: clip_rows(args.shared, n) for n in args.frames}
+    demo = ({n: clip_rows(args.shared, n, args.demo) for n in args.frames}
+            if args.demo and args.demo.is_dir() else {})
     stills = [] if args.no_stills else still_rows(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.priors:
@@ -191,23 +226,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Any] = {}
     for n, rows in clips.items():
-        results[f"clips@{n}, demo (2/video)"] = blind(questions(rows, 2))
-        results[f"clips@{n} x{args.seeds} seeds"] = blind(questions(rows, args.samples,
+        results[f"clips@{n}, demo (2/video)"] = blind_by_take(questions(rows, 2))
+        results[f"clips@{n} x{args.seeds} seeds"] = blind_by_take(questions(rows, args.samples,
                                                                    seeds=args.seeds))
+    for n, rows in demo.items():
+        results[f"demo@{n}, seed 0 (2/video)"] = blind_by_take(questions(rows, 2))
+        results[f"demo@{n} x{args.seeds} seeds"] = blind_by_take(questions(rows, args.samples,
+                                                                  seeds=args.seeds))
+    if demo:   # the largest pool: every clip at every frame count, the demo's, the stills
+        every = unique(*clips.values(), *demo.values(), stills)
+        results[f"all: clips+demo@{'+'.join(map(str, args.frames))}+stills x{args.seeds}"] = \
+            blind_by_take(questions(every, args.samples, seeds=args.seeds))
     if stills:
-        results[f"stills x{args.seeds}"] = blind(questions(stills, args.samples, seeds=args.seeds))
+        results[f"stills x{args.seeds}"] = blind_by_take(questions(stills, args.samples, seeds=args.seeds))
         pooled = questions(clips[max(args.frames)] + stills, args.samples, seeds=args.seeds)
-        results[f"clips@{max(args.frames)} + stills x{args.seeds}"] = blind(pooled)
+        results[f"clips@{max(args.frames)} + stills x{args.seeds}"] = blind_by_take(pooled)
     for name, res in results.items():
         for task, s in res.items():
-            print(f"{name:28s} {task:18s} q={s['questions']:4d} v={s['videos']:3d} "
+            print(f"{name:40s} {task:18s} q={s['questions']:4d} distinct={s['distinct']:4d} "
+                  f"v={s['videos']:3d} takes={s['groups']:3d} "
                   + " ".join(f"{k}={s[k]:.2f}" for k in
-                             ("chance", "typical", "medoid", "longest", "shortest", "ngram")))
+                             ("chance", "typical", "atypical", "middle", "medoid", "longest", "shortest", "ngram")))
     (args.out / "caption_baselines.json").write_text(json.dumps(results, indent=1))
     if args.render:
         audit = args.out / "audit"
         audit.mkdir(parents=True, exist_ok=True)
-        rows = clips[max(args.frames)] + stills
+        rows = unique(clips[max(args.frames)], demo.get(max(args.frames), []), stills)
         qs = questions(rows, 4, tasks=("pose_description",)) + questions(
             rows, 4, tasks=("description_match",), seeds=args.seeds)
         for task in ("pose_description", "description_match"):

@@ -48,12 +48,14 @@ SINGULAR: dict[str, tuple[str, ...]] = {
                           "is bent at the elbow joint"),
     "straight": ("is straight", "is held straight", "is extended straight"),
     "bent at the knee": ("is bent at the knee", "is flexed at the knee", "bends at the knee"),
-    "bent with the thigh raised": ("is bent with the thigh raised",
-                                   "is lifted with the knee bent",
-                                   "is raised with the knee bent"),
+    # No "is lifted / raised with the knee bent": the audit by eye read it as a leg lifted off
+    # the ground, which is false for a seated person (the state is a thigh flexed against the
+    # torso: a knee lift, a seated or crouching person alike).
+    "bent with the thigh raised": ("is bent with the thigh raised", "is bent at the hip and knee",
+                                   "is flexed at the hip and knee"),
     "held out straight with the thigh raised": ("is held out straight with the thigh raised",
-                                                "is lifted and held straight",
-                                                "is raised with the knee straight"),
+                                                "is straight with the thigh raised",
+                                                "is extended with the thigh raised"),
 }
 PLURAL: dict[str, tuple[str, ...]] = {
     "raised above the head": ("are raised above the head", "are lifted above the head",
@@ -68,11 +70,11 @@ PLURAL: dict[str, tuple[str, ...]] = {
     "straight": ("are straight", "are held straight", "are extended straight"),
     "bent at the knee": ("are bent at the knees", "are flexed at the knees", "bend at the knees"),
     "bent with the thigh raised": ("are bent with the thighs raised",
-                                   "are lifted with the knees bent",
-                                   "are raised with the knees bent"),
+                                   "are bent at the hips and knees",
+                                   "are flexed at the hips and knees"),
     "held out straight with the thigh raised": ("are held out straight with the thighs raised",
-                                                "are lifted and held straight",
-                                                "are raised with the knees straight"),
+                                                "are straight with the thighs raised",
+                                                "are extended with the thighs raised"),
 }
 TORSO: dict[str, tuple[str, ...]] = {
     "upright": ("The torso is upright", "The upper body is held upright",

@@ -32,7 +32,7 @@ STATE_WORDS: dict[str, list[tuple[str, str]]] = {
          "stretched out away from the body"),
         (r"\b(hang|hangs|hanging|rest|rests|resting)\b.*\b(down|side|sides)\b|\bby (the|his|her|their) sides?\b",
          "hanging down by the side"),
-        (r"\b(bent|flexed|bends|bending)\b", "bent at the elbow"),
+        (r"\b(bent|flexed|bend|bends|bending)\b", "bent at the elbow"),
     ],
     "torso": [
         (r"\b(upright|erect|vertical)\b", "upright"),
@@ -41,8 +41,9 @@ STATE_WORDS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 LEG_WORDS = {"straight": r"\b(straight|extended|straightened)\b",
-             "bent": r"\b(bent|flexed|bends|bending)\b",
-             "raised": r"\b(thighs? raised|raised|lifted|knees? up)\b"}
+             "bent": r"\b(bent|flexed|bend|bends|bending)\b",   # "both legs bend at the knees"
+             # "bent at the hip and knee": the thigh flexed against the torso (captions.py)
+             "raised": r"\b(thighs? raised|raised|lifted|knees? up|at the hips? and (the )?knees?)\b"}
 LEG_STATE = {("straight", False): "straight", ("bent", False): "bent at the knee",
              ("bent", True): "bent with the thigh raised",
              ("straight", True): "held out straight with the thigh raised"}

@@ -133,6 +133,22 @@ def test_rule_captions_parse_back_to_their_own_facts():
         assert rels == set(f.relations), (text, rels)
 
 
+def test_every_limb_phrasing_parses_back_and_none_reads_as_a_lifted_leg():
+    """Each phrasing of each arm and leg state (singular and plural) reads back as that state. The
+    thigh-raised state is a thigh flexed against the torso (a knee lift, and also sitting):
+    the audit by eye judged "the left leg is raised with the knee bent" unnatural for a seated
+    person, so no phrasing of it says the leg is lifted or raised."""
+    for kind, states in (("leg", pc.LEG_STATES), ("arm", pc.ARM_STATES)):
+        for state in states:
+            for phrase in cap.SINGULAR[state]:
+                assert claims(f"The left {kind} {phrase}.")[0] == {(f"left_{kind}", state)}, phrase
+            for phrase in cap.PLURAL[state]:
+                both = {(f"left_{kind}", state), (f"right_{kind}", state)}
+                assert claims(f"Both {kind}s {phrase}.")[0] == both, phrase
+    seated = cap.SINGULAR["bent with the thigh raised"] + cap.PLURAL["bent with the thigh raised"]
+    assert not any(w in p for p in seated for w in ("lifted", "is raised", "are raised"))
+
+
 def test_static_video_gets_description_match_rows_with_prior_drawn_wrong_values():
     """Wrong values come from the slot's whole vocabulary (tasks_captions.DESC_PRIORS), not only
     from other frames: a video whose frames all show one pose still gets questions, and every
