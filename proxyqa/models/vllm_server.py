@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from proxyqa.core.config import EngineConfig
@@ -94,20 +94,8 @@ class ModelServer:
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + self.cfg.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server for {self.cfg.model_source} exited with "
-                                   f"{self.proc.returncode} while starting ({self._last_words()})")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"the vLLM server for {self.cfg.model_source} did not answer within "
-                           f"{self.cfg.startup_timeout_s:.0f}s ({self._last_words()})")
+        wait_until_serving(self.proc, self.base_url, self.cfg.startup_timeout_s,
+                           f"the vLLM server for {self.cfg.model_source}", self._last_words)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -140,6 +128,25 @@ class ModelServer:
                     time.sleep(0.5)
             except subprocess.TimeoutExpired:
                 continue
+
+
+def wait_until_serving(proc: subprocess.Popen, base_url: str, timeout_s: float, what: str,
+                       last_words: Callable[[], str]) -> None:
+    """Returns once `base_url`/models answers 200; RuntimeError (one line, with
+    `last_words()`) if the process exits first, TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting "
+                               f"({last_words()})")
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{what} did not answer within {timeout_s:.0f}s ({last_words()})")
 
 
 def _term_with_parent() -> None:

@@ -14,8 +14,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -143,23 +141,11 @@ class VLLMServer:
         return self
 
     def _wait_ready(self) -> None:
+        from proxyqa.models.vllm_server import wait_until_serving
+
         assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM exited with {self.proc.returncode} during startup:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(
-            f"vLLM not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}"
-        )
+        wait_until_serving(self.proc, self.base_url, self.startup_timeout, "vLLM",
+                           lambda: f"log:\n{self.log_tail()}")
 
     def log_tail(self, n_lines: int = 60) -> str:
         try:
