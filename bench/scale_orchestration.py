@@ -43,16 +43,29 @@ LIGHT = ["pose.backend=none", "tasks.enabled=[temporal_order, temporal_direction
 
 
 def hard_links(n: int) -> Path:
-    """N hard links of one clip (cached): N listed videos, one file's bytes."""
+    """N hard links of one clip (cached): N listed videos, one file's bytes each.
+
+    A file takes at most 65,000 links on ext4, so the links point at private copies of the
+    clip, one per 50,000 (in `<folder>_src`, not listed)."""
     folder = REPO / ".cache" / "bench" / f"links{n}"
     if folder.is_dir() and len(os.listdir(folder)) == n:
         return folder
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_links(folder)
     folder.mkdir(parents=True)
+    sources = folder.with_name(folder.name + "_src")
+    sources.mkdir()
     clip = sorted((common.CLIPS).glob("*.mp4"))[0]
     for i in range(n):
-        os.link(clip, folder / f"v{i:06d}.mp4")
+        source = sources / f"clip{i // 50000}.mp4"
+        if not source.exists():
+            shutil.copyfile(clip, source)
+        os.link(source, folder / f"v{i:06d}.mp4")
     return folder
+
+
+def remove_links(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder.with_name(folder.name + "_src"), ignore_errors=True)
 
 
 def _kind(p: psutil.Process) -> str:
@@ -218,7 +231,7 @@ def main() -> None:
         if len(sizes) >= 2:
             results["driver_extrapolation"] = extrapolate(list(sizes.items()))
         if args.remove_links:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_links(folder)
     if args.only in (None, "real"):
         extra = [f"write.rows_per_file={args.rows_per_file}"] if args.rows_per_file else []
         results["real"] = run(make_videos(args.real), LIGHT + extra)

@@ -72,15 +72,20 @@ def videos_per_block(cfg: Config, n: int, cluster_cpus: int) -> int:
     return max(1, min(cfg.ray.videos_per_block, math.ceil(n / (16 * cluster_cpus))))
 
 
-def input_blocks(videos: list[dict], per_block: int) -> list[pa.Table]:
+def input_blocks(videos: pa.Table | list[dict], per_block: int) -> list[pa.Table]:
     """The listing as Arrow tables of `per_block` videos: one driver-side object per block,
     not one per video (a million videos: ~4,000 blocks of a few hundred KB)."""
+    if isinstance(videos, pa.Table):
+        # take() copies each block into its own buffers: a slice would carry (and serialize)
+        # the whole listing's buffers.
+        return [videos.take(pa.array(range(i, min(i + per_block, videos.num_rows))))
+                for i in range(0, videos.num_rows, per_block)]
     columns = list(videos[0]) if videos else []
     return [to_arrow({c: [v.get(c) for v in videos[i:i + per_block]] for c in columns})
             for i in range(0, len(videos), per_block)]
 
 
-def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None):
+def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_block: int | None = None):
     import ray
 
     cpus = _cluster_cpus()
@@ -223,7 +228,7 @@ class StallWatch:
         return self.lost and now - self.since >= self.timeout_s
 
 
-def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
+def execute(cfg: Config, run: Run, videos: pa.Table | list[dict], poll_s: float = 1.0,
             per_block: int | None = None) -> None:
     """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
 
@@ -238,7 +243,7 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
     of waiting forever; what was written stays for the resumed run.
     """
     init_ray(cfg)
-    if not videos:
+    if len(videos) == 0:
         return
     ds = build_dataset(cfg, run, videos, per_block)
     needs = stage_needs(cfg, run)
