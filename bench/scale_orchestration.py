@@ -110,7 +110,7 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
             try:
                 mem = driver.memory_info()
                 peak[0] = max(peak[0], mem.rss)
-                samples.append((time.time(), mem.rss, mem.shared))
+                samples.append((time.time(), mem.rss, _anon(proc.pid)))
                 family = [driver, *driver.children(recursive=True)]
             except psutil.Error:
                 return
@@ -152,8 +152,11 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
         "cpu_s_by_process": _by_kind(cpu, names),
         "timings_s": manifest["timings_s"], "driver_peak_mib": round(peak[0] / 2**20),
         "driver_peak_by_phase_mib": _phase_peaks(samples, marks.get("plan_end"), manifest["timings_s"]),
-        # Shared pages (Ray's object store mapped into the driver) are part of the RSS.
-        "driver_shared_at_peak_mib": round(max(samples, key=lambda s: s[1])[2] / 2**20) if samples else None,
+        # The RSS also counts mapped library files (Ray's, Arrow's: ~150 MiB, not per video)
+        # and shared memory: the anonymous part is the process's own heap.
+        "driver_anon_at_peak_mib": round(max(samples, key=lambda s: s[1])[2] / 2**20) if samples else None,
+        # The driver's RSS through the execute phase (a ramp: state kept per video; flat: not).
+        "driver_execute_ramp_mib": _ramp(samples, marks.get("plan_end"), manifest["timings_s"]),
         "driver_bytes_per_video": round(peak[0] / n),
         "files": len(files), "files_per_1000_videos": round(1000 * len(files) / n, 2),
         "shards": len(shard_rows), "rows": sum(shard_rows), "rows_per_file_target": target,
@@ -168,6 +171,31 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+def _anon(pid: int) -> int:
+    """RssAnon of a process (bytes): its heap, without mapped files and shared memory."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _ramp(samples: list[tuple[float, int, int]], plan_end: float | None,
+          timings: dict[str, float]) -> list[int]:
+    """Driver RSS (MiB) at each tenth of the execute phase."""
+    if plan_end is None or not samples:
+        return []
+    span = timings.get("execute", 0.0)
+    out = []
+    for k in range(1, 11):
+        t = plan_end + span * k / 10
+        out.append(round(max((r for ts, r, _ in samples if ts <= t), default=0) / 2**20))
+    return out
 
 
 def _phase_peaks(samples: list[tuple[float, int, int]], plan_end: float | None,
@@ -244,6 +272,8 @@ def main() -> None:
                        "load_avg_1min"]))
     for k, r in results.items():
         if k in ("skipped", "real"):
+            print(f"{k}: driver RSS through execute (MiB, running peak per tenth) "
+                  f"{r.get('driver_execute_ramp_mib')}, anonymous at peak {r.get('driver_anon_at_peak_mib')} MiB")
             print(f"{k}: driver peak by phase (MiB) {r.get('driver_peak_by_phase_mib')}, "
                   f"{r.get('driver_bytes_per_video')} B per listed video (whole RSS / N)")
             print(f"{k}: CPU seconds by process: {r.get('cpu_s_by_process')}")

@@ -68,7 +68,7 @@ from proxyqa.pipeline.ledger import (
     shard_task,
     write_snapshot,
 )
-from proxyqa.pipeline.sources import as_listing
+from proxyqa.pipeline.sources import as_listing, release_arrow_memory
 from proxyqa.stages.write import ROW_GROUP_ROWS, digest, parquet_from_chunks
 
 
@@ -212,7 +212,9 @@ def read_video_records(run: Run, threads: int = 16) -> pa.Table:
             window = paths[start:start + _MERGE_FILES]
             tables = list(pool.map(lambda p: _read_records_file(run.fs, p), window))
             merged.append(pa.concat_tables(tables).combine_chunks())
-    return _one_per_video(pa.concat_tables(merged).combine_chunks())
+    table = _one_per_video(pa.concat_tables(merged).combine_chunks())
+    release_arrow_memory()
+    return table
 
 
 def _one_per_video(table: pa.Table) -> pa.Table:

@@ -154,7 +154,16 @@ def list_videos(cfg: Config, input_uri: str | None = None) -> list[dict]:
 def list_videos_table(cfg: Config, input_uri: str | None = None) -> pa.Table:
     """The listing as an Arrow table (LISTING_SCHEMA), one row per video in listing order:
     what the driver keeps from listing to commit."""
-    return _dedupe(_to_table(_records(cfg, input_uri)))
+    table = _dedupe(_to_table(_records(cfg, input_uri)))
+    release_arrow_memory()
+    return table
+
+
+def release_arrow_memory() -> None:
+    """Give Arrow's freed pages back to the OS. Its allocator (mimalloc) keeps them for
+    reuse, and the transient tables of listing or reading 100,000 videos' records left
+    ~500 bytes per video in the driver's RSS (measured) on top of the ~100 kept."""
+    pa.default_memory_pool().release_unused()
 
 
 def as_listing(videos: pa.Table | list[dict]) -> pa.Table:
