@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from proxyqa.core.config import Config
 from proxyqa.core.schema import to_arrow
+from proxyqa.pipeline.memory import release_freed_memory
 from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, steps  # noqa: F401 - bench uses them from here
 
 if TYPE_CHECKING:
@@ -250,14 +251,14 @@ def execute(cfg: Config, run: Run, videos: pa.Table | list[dict], poll_s: float 
     failure: list[BaseException] = []
     outputs = [0]
 
-    def consume() -> None:
+    def consume(ds) -> None:
         try:
             for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 outputs[0] += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             failure.append(exc)
 
-    worker = threading.Thread(target=consume, name="proxyqa-consume", daemon=True)
+    worker = threading.Thread(target=consume, args=(ds,), name="proxyqa-consume", daemon=True)
     worker.start()
     stuck_since: float | None = None
     watch = StallWatch(len(alive_nodes()), cfg.ray.stall_timeout_s)
@@ -278,6 +279,8 @@ def execute(cfg: Config, run: Run, videos: pa.Table | list[dict], poll_s: float 
                 f"no live Ray node can run stage(s) {', '.join(missing)} (needs "
                 + "; ".join(f"{m}: {needs[m]}" for m in missing)
                 + f") for {cfg.ray.unschedulable_timeout_s:.0f}s")
+    del ds
+    release_freed_memory()   # every stage's blocks passed through the driver's heap
     if failure:
         raise failure[0]
 

@@ -68,7 +68,8 @@ from proxyqa.pipeline.ledger import (
     shard_task,
     write_snapshot,
 )
-from proxyqa.pipeline.sources import as_listing, release_arrow_memory
+from proxyqa.pipeline.memory import release_freed_memory
+from proxyqa.pipeline.sources import as_listing
 from proxyqa.stages.write import ROW_GROUP_ROWS, digest, parquet_from_chunks
 
 
@@ -212,8 +213,9 @@ def read_video_records(run: Run, threads: int = 16) -> pa.Table:
             window = paths[start:start + _MERGE_FILES]
             tables = list(pool.map(lambda p: _read_records_file(run.fs, p), window))
             merged.append(pa.concat_tables(tables).combine_chunks())
-    table = _one_per_video(pa.concat_tables(merged).combine_chunks())
-    release_arrow_memory()
+    # Chunks of 256 files stay chunks: one more copy of every record would be the peak.
+    table = _one_per_video(pa.concat_tables(merged))
+    release_freed_memory()   # thousands of small files' buffers
     return table
 
 
@@ -398,7 +400,9 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     listing = as_listing(listed).select(["video_uri", "video_id"])
     if records is None:
         records = read_video_records(run, threads)
-    records = records.filter(pc.is_in(records["video_id"], value_set=_ids(listing)))
+    listed_record = pc.is_in(records["video_id"], value_set=_ids(listing))
+    if not pc.all(listed_record).as_py():   # (a filter copies every record)
+        records = records.filter(listed_record)
     active = _active_records(records)
     order = _positions(listing, list(active))
     carried_ids = pa.array(list(plan.carried), pa.string())
@@ -419,6 +423,7 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
 
     rows_of = _VideoRows(run, listing, records, carried, fin.rows_of, fin.shards_of)
     report_bytes, tally = rows_of.report_parquet()
+    release_freed_memory()   # the report's chunks, before the ledger's
     shards = own_shards + carried_shards
     rows = Counter()
     for shard in shards:
