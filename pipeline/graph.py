@@ -77,10 +77,9 @@ def input_blocks(videos: pa.Table | list[dict], per_block: int) -> list[pa.Table
     """The listing as Arrow tables of `per_block` videos: one driver-side object per block,
     not one per video (a million videos: ~4,000 blocks of a few hundred KB)."""
     if isinstance(videos, pa.Table):
-        # take() copies each block into its own buffers: a slice would carry (and serialize)
-        # the whole listing's buffers.
-        return [videos.take(pa.array(range(i, min(i + per_block, videos.num_rows))))
-                for i in range(0, videos.num_rows, per_block)]
+        # Zero-copy slices of the listing: Ray's Arrow serializer truncates a slice's buffers
+        # to its own rows, so the driver holds no second copy of a million videos.
+        return [videos.slice(i, per_block) for i in range(0, videos.num_rows, per_block)]
     columns = list(videos[0]) if videos else []
     return [to_arrow({c: [v.get(c) for v in videos[i:i + per_block]] for c in columns})
             for i in range(0, len(videos), per_block)]
@@ -92,6 +91,7 @@ def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_bloc
     cpus = _cluster_cpus()
     per_block = per_block or videos_per_block(cfg, len(videos), cpus)
     ds = ray.data.from_arrow(input_blocks(videos, per_block))
+    release_freed_memory()   # the serialization buffers of every input block
     plan = steps(cfg, run)
     engine = None
     for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):

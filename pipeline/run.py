@@ -52,6 +52,7 @@ from proxyqa.core.storage import (
     fs_is_s3,
     get_fs,
     join,
+    list_files,
     read_parquet,
     remove_many,
     write_bytes_atomic,
@@ -206,7 +207,7 @@ def read_video_records(run: Run, threads: int = 16) -> pa.Table:
     Arrow columns, not dicts: ~100 bytes per video for a skipped one. The small tables read
     are merged every few thousand files (a table per 8-video file would cost more in
     metadata than its rows)."""
-    paths = sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, SHARD_GLOB)))
+    paths = list_files(run.fs, run.p(VIDEOS_DIR), SHARD_GLOB)
     merged = [_RECORD_SCHEMA.empty_table()]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(paths), _MERGE_FILES):
