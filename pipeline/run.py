@@ -195,6 +195,8 @@ _MERGE_FILES = 256
 
 
 def _read_records_file(fs, path: str) -> pa.Table:
+    if not fs_is_s3(fs):   # Arrow reads the file itself: no Python bytes per file
+        return read_parquet(path, schema=VIDEO_RECORD_SCHEMA).select(RECORD_COLUMNS)
     with fs.open(path, "rb") as fh:
         return read_parquet(fh, schema=VIDEO_RECORD_SCHEMA).select(RECORD_COLUMNS)
 
