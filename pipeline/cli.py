@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lock = _lock(cfg, "incremental" if args.incremental else "full")
     try:
         t0 = time.time()
-        videos = list_videos_table(cfg)   # Arrow columns: ~150 bytes per listed video
+        videos = list_videos_table(cfg)   # Arrow columns: ~110 bytes per listed video
         timings = {"list": round(time.time() - t0, 2)}
         return _run_locked(cfg, args, chash, videos, started, lock, timings)
     finally:
