@@ -229,7 +229,8 @@ def _one_per_video(table: pa.Table) -> pa.Table:
         return table
     # Rank: position, pushed behind every ok row when not ok; the smallest rank wins.
     position = pa.array(np.arange(n, dtype=np.int64))
-    rank = pc.if_else(pc.equal(table["status"], "ok"), position, pc.add(position, n))
+    is_ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
+    rank = pc.if_else(is_ok, position, pc.add(position, n))
     best = (table.select(["video_id"]).append_column("_rank", rank)
             .group_by("video_id", use_threads=False).aggregate([("_rank", "min")])["_rank_min"])
     chosen = np.sort(np.mod(best.to_numpy(), n))

@@ -145,8 +145,10 @@ def test_read_video_records_keeps_an_ok_record_else_the_first_in_path_order(tmp_
 
     put("a", [("v1", "failed", "first"), ("v2", "skipped", "first"), ("v3", "ok", None)])
     put("b", [("v1", "ok", None), ("v2", "failed", "second"), ("v3", "failed", "later")])
-    put("c", [("v4", "skipped", "only")])
+    put("c", [("v4", "skipped", "only"), ("v5", None, "no status: not ok")])
+    put("d", [("v5", "failed", "later")])
     got = read_video_records(run, threads=2)
     assert got.column_names == _RECORD_SCHEMA.names
     assert sorted((r["video_id"], r["status"], r["reason"]) for r in got.to_pylist()) == [
-        ("v1", "ok", None), ("v2", "skipped", "first"), ("v3", "ok", None), ("v4", "skipped", "only")]
+        ("v1", "ok", None), ("v2", "skipped", "first"), ("v3", "ok", None), ("v4", "skipped", "only"),
+        ("v5", None, "no status: not ok")]
