@@ -1,6 +1,7 @@
 """Scale: what the orchestration costs per video, driver memory, files and commit time.
 
     python bench/scale_orchestration.py [--skipped 20000] [--real 2000] [--only skipped|real]
+    python bench/scale_orchestration.py --only skipped --skipped 100000   # driver memory at scale
 
 Two runs of `proxyqa run` (configs/local.yaml), each a fresh process with its own local Ray,
 its driver's resident memory sampled every 0.1 s (the driver process only, not Ray's):
@@ -12,7 +13,10 @@ its driver's resident memory sampled every 0.1 s (the driver process only, not R
   config (pose off, the two temporal tasks, 8 frames), so 2,000 videos fit 2 cores.
 
 Reported: wall and per-video orchestration time, phase times (the manifest's timings_s),
-driver peak RSS, files per 1,000 videos, shard rows vs `write.rows_per_file`, commit time.
+driver peak RSS (whole run and per phase: start-up + listing, plan, execute, commit) and
+driver bytes per listed video, files per 1,000 videos, shard rows vs `write.rows_per_file`,
+commit time. Two skipped sizes give the driver's memory as a + b x N (see
+`extrapolate`).
 Writes bench/results/scale_orchestration.json. Not a test: timings on a shared machine vary.
 """
 from __future__ import annotations
@@ -39,16 +43,29 @@ LIGHT = ["pose.backend=none", "tasks.enabled=[temporal_order, temporal_direction
 
 
 def hard_links(n: int) -> Path:
-    """N hard links of one clip (cached): N listed videos, one file's bytes."""
+    """N hard links of one clip (cached): N listed videos, one file's bytes each.
+
+    A file takes at most 65,000 links on ext4, so the links point at private copies of the
+    clip, one per 50,000 (in `<folder>_src`, not listed)."""
     folder = REPO / ".cache" / "bench" / f"links{n}"
     if folder.is_dir() and len(os.listdir(folder)) == n:
         return folder
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_links(folder)
     folder.mkdir(parents=True)
+    sources = folder.with_name(folder.name + "_src")
+    sources.mkdir()
     clip = sorted((common.CLIPS).glob("*.mp4"))[0]
     for i in range(n):
-        os.link(clip, folder / f"v{i:06d}.mp4")
+        source = sources / f"clip{i // 50000}.mp4"
+        if not source.exists():
+            shutil.copyfile(clip, source)
+        os.link(source, folder / f"v{i:06d}.mp4")
     return folder
+
+
+def remove_links(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder.with_name(folder.name + "_src"), ignore_errors=True)
 
 
 def _kind(p: psutil.Process) -> str:
@@ -78,6 +95,8 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     for s in sets:
         args += ["--set", s]
     peak = [0]
+    samples: list[tuple[float, int, int]] = []    # (time, rss, shared) of the driver
+    marks: dict[str, float] = {}                  # when the driver printed its plan line
     load_before = os.getloadavg()[0]
     start = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -89,7 +108,9 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     def sample() -> None:
         while proc.poll() is None:
             try:
-                peak[0] = max(peak[0], driver.memory_info().rss)
+                mem = driver.memory_info()
+                peak[0] = max(peak[0], mem.rss)
+                samples.append((time.time(), mem.rss, _anon(proc.pid)))
                 family = [driver, *driver.children(recursive=True)]
             except psutil.Error:
                 return
@@ -105,7 +126,13 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    log, _ = proc.communicate()
+    lines = []
+    for line in proc.stdout:      # the plan line's arrival time marks the phases (below)
+        lines.append(line)
+        if " videos listed, " in line:
+            marks["plan_end"] = time.time()
+    proc.wait()
+    log = "".join(lines)
     wall = time.time() - start
     sampler.join()
     if proc.returncode != 0:
@@ -124,6 +151,13 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
         "cpu_per_video_ms": round(1000 * sum(cpu.values()) / n, 3),
         "cpu_s_by_process": _by_kind(cpu, names),
         "timings_s": manifest["timings_s"], "driver_peak_mib": round(peak[0] / 2**20),
+        "driver_peak_by_phase_mib": _phase_peaks(samples, marks.get("plan_end"), manifest["timings_s"]),
+        # The RSS also counts mapped library files (Ray's, Arrow's: ~150 MiB, not per video)
+        # and shared memory: the anonymous part is the process's own heap.
+        "driver_anon_at_peak_mib": round(max(samples, key=lambda s: s[1])[2] / 2**20) if samples else None,
+        # The driver's RSS through the execute phase (a ramp: state kept per video; flat: not).
+        "driver_execute_ramp_mib": _ramp(samples, marks.get("plan_end"), manifest["timings_s"]),
+        "driver_bytes_per_video": round(peak[0] / n),
         "files": len(files), "files_per_1000_videos": round(1000 * len(files) / n, 2),
         "shards": len(shard_rows), "rows": sum(shard_rows), "rows_per_file_target": target,
         "shard_rows": shard_rows,
@@ -139,6 +173,65 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
     return result
 
 
+def _anon(pid: int) -> int:
+    """RssAnon of a process (bytes): its heap, without mapped files and shared memory."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _ramp(samples: list[tuple[float, int, int]], plan_end: float | None,
+          timings: dict[str, float]) -> list[int]:
+    """Driver RSS (MiB) at each tenth of the execute phase."""
+    if plan_end is None or not samples:
+        return []
+    span = timings.get("execute", 0.0)
+    out = []
+    for k in range(1, 11):
+        t = plan_end + span * k / 10
+        out.append(round(max((r for ts, r, _ in samples if ts <= t), default=0) / 2**20))
+    return out
+
+
+def _phase_peaks(samples: list[tuple[float, int, int]], plan_end: float | None,
+                 timings: dict[str, float]) -> dict[str, int]:
+    """Driver peak RSS per phase (MiB). The phases' bounds come from the time the driver
+    printed its plan line and the manifest's phase durations (list, plan, execute, commit)."""
+    if plan_end is None or not samples:
+        return {}
+    list_end = plan_end - timings.get("plan", 0.0)
+    execute_end = plan_end + timings.get("execute", 0.0)
+    commit_end = execute_end + timings.get("commit", 0.0)
+    bounds = [("start+list", 0.0, list_end), ("plan", list_end, plan_end),
+              ("execute", plan_end, execute_end), ("commit", execute_end, commit_end),
+              ("after", commit_end, float("inf"))]
+    return {name: round(max((r for t, r, _ in samples if lo <= t < hi), default=0) / 2**20)
+            for name, lo, hi in bounds}
+
+
+def _commit() -> str:
+    """The checked-out commit ('+dirty' with local changes): sizes of one code only."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def extrapolate(points: list[tuple[int, float]], n: int = 1_000_000) -> dict[str, float]:
+    """Driver peak as a + b x N through the two largest measured sizes (MiB), at N = n:
+    the line through two points, not a fit (more points would hide a growing slope)."""
+    (n1, m1), (n2, m2) = sorted(points)[-2:]
+    b = (m2 - m1) / (n2 - n1)
+    return {"a_mib": round(m1 - b * n1, 1), "b_bytes_per_video": round(b * 2**20, 1),
+            "n": n, "peak_mib": round(m1 + b * (n - n1), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skipped", type=int, default=20000)
@@ -147,26 +240,47 @@ def main() -> None:
     parser.add_argument("--rows-per-file", type=int, default=None,
                         help="write.rows_per_file of the real run (default: the config's 2000); "
                         "scale it with --real to keep the rows/target ratio on a busy machine")
+    parser.add_argument("--remove-links", action="store_true",
+                        help="delete the skipped run's hard links afterwards (100,000 of them)")
     args = parser.parse_args()
     # One run at a time (--only) keeps the other's last figures.
     results: dict[str, Any] = {**(common.read_json("scale_orchestration") or {}),
                                "machine": common.machine()}
     if args.only in (None, "skipped"):
-        results["skipped"] = run(hard_links(args.skipped), ["limits.max_bytes=1"])
+        folder = hard_links(args.skipped)
+        results["skipped"] = run(folder, ["limits.max_bytes=1"])
+        # Every size measured at this commit: two of them give the line a + b x N.
+        here = _commit()
+        known = results.get("skipped_driver_peak_mib") or {}
+        sizes = {int(k): v for k, v in known.get("sizes", {}).items()} if known.get("commit") == here else {}
+        sizes[args.skipped] = results["skipped"]["driver_peak_mib"]
+        results["skipped_driver_peak_mib"] = {"commit": here,
+                                              "sizes": {str(k): v for k, v in sorted(sizes.items())}}
+        if len(sizes) >= 2:
+            results["driver_extrapolation"] = extrapolate(list(sizes.items()))
+        if args.remove_links:
+            remove_links(folder)
     if args.only in (None, "real"):
         extra = [f"write.rows_per_file={args.rows_per_file}"] if args.rows_per_file else []
         results["real"] = run(make_videos(args.real), LIGHT + extra)
     rows = [{"run": k, **{c: v for c, v in r.items() if c not in ("shard_rows", "timings_s", "status")},
              **{f"{p}_s": t for p, t in r["timings_s"].items()}}
-            for k, r in results.items() if k != "machine"]
+            for k, r in results.items() if k in ("skipped", "real")]
     print(table(rows, ["run", "videos", "wall_s", "per_video_ms", "cpu_s", "cpu_per_video_ms", "list_s", "plan_s", "execute_s",
                        "commit_s", "driver_peak_mib", "files_per_1000_videos", "shards",
                        "mean_shard_fill", "report_json_bytes", "report_parquet_bytes",
                        "load_avg_1min"]))
     for k, r in results.items():
-        if k != "machine":
+        if k in ("skipped", "real"):
+            print(f"{k}: driver RSS through execute (MiB, running peak per tenth) "
+                  f"{r.get('driver_execute_ramp_mib')}, anonymous at peak {r.get('driver_anon_at_peak_mib')} MiB")
+            print(f"{k}: driver peak by phase (MiB) {r.get('driver_peak_by_phase_mib')}, "
+                  f"{r.get('driver_bytes_per_video')} B per listed video (whole RSS / N)")
             print(f"{k}: CPU seconds by process: {r.get('cpu_s_by_process')}")
             print(f"{k}: shard rows {r['shard_rows'][:20]} (target {r['rows_per_file_target']})")
+    if "driver_extrapolation" in results:
+        print(f"driver peak by size (MiB): {results['skipped_driver_peak_mib']}; "
+              f"a + b x N: {results['driver_extrapolation']}")
     print(f"-> {write_json('scale_orchestration', results)}")
 
 

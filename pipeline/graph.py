@@ -16,6 +16,7 @@ import pyarrow as pa
 from proxyqa.core.config import Config
 from proxyqa.core.errors import one_line
 from proxyqa.core.schema import to_arrow
+from proxyqa.pipeline.memory import release_freed_memory
 from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, steps  # noqa: F401 - bench uses them from here
 
 if TYPE_CHECKING:
@@ -74,21 +75,26 @@ def videos_per_block(cfg: Config, n: int, cluster_cpus: int) -> int:
     return max(1, min(cfg.ray.videos_per_block, math.ceil(n / (16 * cluster_cpus))))
 
 
-def input_blocks(videos: list[dict], per_block: int) -> list[pa.Table]:
+def input_blocks(videos: pa.Table | list[dict], per_block: int) -> list[pa.Table]:
     """The listing as Arrow tables of `per_block` videos: one driver-side object per block,
     not one per video (a million videos: ~4,000 blocks of a few hundred KB)."""
+    if isinstance(videos, pa.Table):
+        # Zero-copy slices of the listing: Ray's Arrow serializer truncates a slice's buffers
+        # to its own rows, so the driver holds no second copy of a million videos.
+        return [videos.slice(i, per_block) for i in range(0, videos.num_rows, per_block)]
     columns = list(videos[0]) if videos else []
     return [to_arrow({c: [v.get(c) for v in videos[i:i + per_block]] for c in columns})
             for i in range(0, len(videos), per_block)]
 
 
-def build_dataset(cfg: Config, run: Run, videos: list[dict], per_block: int | None = None,
+def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_block: int | None = None,
                   engine_urls: Sequence[str] = ()):
     import ray
 
     cpus = _cluster_cpus()
     per_block = per_block or videos_per_block(cfg, len(videos), cpus)
     ds = ray.data.from_arrow(input_blocks(videos, per_block))
+    release_freed_memory()   # the serialization buffers of every input block
     plan = steps(cfg, run, engine_urls)
     for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):
         res = step.resources
@@ -205,7 +211,7 @@ class StallWatch:
         return self.lost and now - self.since >= self.timeout_s
 
 
-def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
+def execute(cfg: Config, run: Run, videos: pa.Table | list[dict], poll_s: float = 1.0,
             per_block: int | None = None, engine_urls: Sequence[str] = ()) -> None:
     """Runs the plan over `videos` (each batch's records land in the run's `_videos/`).
 
@@ -221,21 +227,21 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
     of waiting forever; what was written stays for the resumed run.
     """
     init_ray(cfg)
-    if not videos:
+    if len(videos) == 0:
         return
     ds = build_dataset(cfg, run, videos, per_block, engine_urls)
     needs = stage_needs(cfg, run)
     failure: list[BaseException] = []
     outputs = [0]
 
-    def consume() -> None:
+    def consume(ds) -> None:
         try:
             for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 outputs[0] += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             failure.append(exc)
 
-    worker = threading.Thread(target=consume, name="proxyqa-consume", daemon=True)
+    worker = threading.Thread(target=consume, args=(ds,), name="proxyqa-consume", daemon=True)
     worker.start()
     stuck_since: float | None = None
     watch = StallWatch(len(alive_nodes()), cfg.ray.stall_timeout_s)
@@ -256,6 +262,8 @@ def execute(cfg: Config, run: Run, videos: list[dict], poll_s: float = 1.0,
                 f"no live Ray node can run stage(s) {', '.join(missing)} (needs "
                 + "; ".join(f"{m}: {needs[m]}" for m in missing)
                 + f") for {cfg.ray.unschedulable_timeout_s:.0f}s")
+    del ds
+    release_freed_memory()   # every stage's blocks passed through the driver's heap
     if failure:
         raise failure[0]
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir, task_of_key
 from proxyqa.core.storage import fresh, read_parquet, write_bytes_atomic
-from proxyqa.stages.write import digest, parquet_bytes
+from proxyqa.stages.write import digest, parquet_bytes, parquet_from_chunks
 
 CARRIED_STATUSES = ("ok", "skipped")
 # Task error kinds that a later run may not meet again: the video is processed again.
@@ -83,12 +83,13 @@ def shard_task(key: str) -> str:
     return task_of_key(key)
 
 
-def write_snapshot(fs, root: str, run_id: str, entries: Iterable[dict]) -> str:
-    rows = [{**e, "snapshot_run_id": run_id} for e in entries]
-    rows.sort(key=lambda e: e["video_id"])
-    table = pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+def write_snapshot(fs, root: str, run_id: str, chunks: Iterable[list[dict]]) -> str:
+    """The snapshot of `run_id` from its entries in video_id order, a chunk at a time (each
+    chunk but the last a multiple of ROW_GROUP_ROWS entries: see parquet_from_chunks)."""
+    tables = (pa.Table.from_pylist([{**e, "snapshot_run_id": run_id} for e in chunk], schema=LEDGER_SCHEMA)
+              for chunk in chunks)
     key = snapshot_key(run_id)
-    write_bytes_atomic(fs, posixpath.join(root, key), parquet_bytes(table, "zstd"))
+    write_bytes_atomic(fs, posixpath.join(root, key), parquet_from_chunks(tables, LEDGER_SCHEMA))
     return key
 
 
@@ -134,9 +135,9 @@ def existing_shards(fs, root: str, keys: Iterable[str]) -> set[str]:
     return found
 
 
-def plan_carry(base: Base, listed: list[dict], config_hash: str, present: set[str]) -> dict[str, dict]:
-    """The base entries of listed videos that need no processing (see module doc)."""
-    listed_ids = {v["video_id"] for v in listed if v.get("status") is None}
+def plan_carry(base: Base, listed_ids: set[str], config_hash: str, present: set[str]) -> dict[str, dict]:
+    """The base entries of listed videos that need no processing (see module doc).
+    `listed_ids`: the video_ids listed without a listing error."""
     eligible = {
         vid: e for vid, e in base.entries.items()
         if vid in listed_ids and e["config_hash"] == config_hash

@@ -17,12 +17,13 @@ import posixpath
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -51,6 +52,7 @@ from proxyqa.core.storage import (
     fs_is_s3,
     get_fs,
     join,
+    list_files,
     read_parquet,
     remove_many,
     write_bytes_atomic,
@@ -67,7 +69,9 @@ from proxyqa.pipeline.ledger import (
     shard_task,
     write_snapshot,
 )
-from proxyqa.stages.write import ROW_GROUP_ROWS, digest, parquet_bytes
+from proxyqa.pipeline.memory import release_freed_memory
+from proxyqa.pipeline.sources import as_listing
+from proxyqa.stages.write import ROW_GROUP_ROWS, digest, parquet_from_chunks
 
 
 class OutputError(RuntimeError):
@@ -182,47 +186,91 @@ def thread_mapper(threads: int) -> Mapper:
     return run
 
 
-def _read_records_file(fs, path: str) -> list[dict]:
+# The record columns commit needs (not the URI, size, run id or config hash: the listing and
+# the run have them), and the files read between two merges of the tables read so far.
+RECORD_COLUMNS = ["video_id", "content_id", "status", "reason", "counts_json", "errors_json",
+                  "shards", "frame_hashes"]
+_RECORD_SCHEMA = pa.schema([VIDEO_RECORD_SCHEMA.field(c) for c in RECORD_COLUMNS])
+_MERGE_FILES = 256
+
+
+def _read_records_file(fs, path: str) -> pa.Table:
+    if not fs_is_s3(fs):   # Arrow reads the file itself: no Python bytes per file
+        return read_parquet(path, schema=VIDEO_RECORD_SCHEMA).select(RECORD_COLUMNS)
     with fs.open(path, "rb") as fh:
-        return read_parquet(fh, schema=VIDEO_RECORD_SCHEMA).to_pylist()
+        return read_parquet(fh, schema=VIDEO_RECORD_SCHEMA).select(RECORD_COLUMNS)
 
 
-def read_video_records(run: Run, threads: int = 16) -> list[dict]:
+def read_video_records(run: Run, threads: int = 16) -> pa.Table:
     """Records already written for this run (by this or an earlier, interrupted attempt),
-    one per video: an ok record wins over a failed one, else the first in path order.
-    The files are read in parallel: one GET each, never one by one."""
-    paths = sorted(fresh(run.fs).glob(run.p(VIDEOS_DIR, SHARD_GLOB)))
-    records: dict[str, dict] = {}
-    for batch in thread_mapper(threads)(lambda p: _read_records_file(run.fs, p), paths):
-        for rec in batch:
-            prev = records.get(rec["video_id"])
-            if prev is None or (prev["status"] != "ok" and rec["status"] == "ok"):
-                records[rec["video_id"]] = rec
-    return list(records.values())
+    one row per video (RECORD_COLUMNS): an ok record wins over a failed one, else the first
+    in path order. The files are read in parallel: one GET each, never one by one.
+
+    Arrow columns, not dicts: ~100 bytes per video for a skipped one. The small tables read
+    are merged every few thousand files (a table per 8-video file would cost more in
+    metadata than its rows)."""
+    paths = list_files(run.fs, run.p(VIDEOS_DIR), SHARD_GLOB)
+    merged = [_RECORD_SCHEMA.empty_table()]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in range(0, len(paths), _MERGE_FILES):
+            window = paths[start:start + _MERGE_FILES]
+            tables = list(pool.map(lambda p: _read_records_file(run.fs, p), window))
+            merged.append(pa.concat_tables(tables).combine_chunks())
+    # Chunks of 256 files stay chunks: one more copy of every record would be the peak.
+    table = _one_per_video(pa.concat_tables(merged))
+    release_freed_memory()   # thousands of small files' buffers
+    return table
+
+
+def _one_per_video(table: pa.Table) -> pa.Table:
+    """The chosen record of each video: its first ok row, else its first row (file order)."""
+    n = table.num_rows
+    if n == 0:
+        return table
+    # Rank: position, pushed behind every ok row when not ok; the smallest rank wins.
+    position = pa.array(np.arange(n, dtype=np.int64))
+    is_ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
+    rank = pc.if_else(is_ok, position, pc.add(position, n))
+    best = (table.select(["video_id"]).append_column("_rank", rank)
+            .group_by("video_id", use_threads=False).aggregate([("_rank", "min")])["_rank_min"])
+    chosen = np.sort(np.mod(best.to_numpy(), n))
+    return table if len(chosen) == n else table.take(chosen)
+
+
+def _ids(table: pa.Table) -> pa.Array:
+    return table["video_id"].combine_chunks()
 
 
 @dataclass
 class Plan:
     """What this run does: process `todo`, carry `carried` over from `base`."""
 
-    todo: list[dict]
-    done: set[str]                 # video_ids finished by an earlier attempt of this run
+    todo: pa.Table                 # listing rows to process (LISTING_SCHEMA)
+    done: pa.Array                 # video_ids finished by an earlier attempt of this run
     carried: dict[str, dict]       # video_id -> ledger entry of the base run
     base: Base | None
     incremental: bool
 
 
-def plan_run(run: Run, videos: list[dict], incremental: bool, threads: int = 16) -> Plan:
-    listed = {v["video_id"] for v in videos}
-    done = ({r["video_id"] for r in read_video_records(run, threads)} & listed
-            if run.resumed else set())
+def plan_run(run: Run, videos: pa.Table | list[dict], incremental: bool, threads: int = 16) -> Plan:
+    """Which listed videos to process; the rest were done by an earlier attempt of this run
+    or are carried over from the base run (incremental). Arrow filters, no per-video sets."""
+    listing = as_listing(videos)
+    done = pa.array([], pa.string())
+    if run.resumed:
+        have = _ids(read_video_records(run, threads))
+        done = have.filter(pc.is_in(have, value_set=_ids(listing)))
     base = load_base(run.fs, run.root) if incremental else None
     carried: dict[str, dict] = {}
     if base is not None:
         keys = {k for e in base.entries.values() for k in e["shards"] or []}
-        carried = plan_carry(base, videos, run.config_hash, existing_shards(run.fs, run.root, keys))
-        carried = {vid: e for vid, e in carried.items() if vid not in done}
-    todo = [v for v in videos if v["video_id"] not in done and v["video_id"] not in carried]
+        listed_ids = set(_ids(listing.filter(pc.is_null(listing["status"]))).to_pylist())
+        carried = plan_carry(base, listed_ids, run.config_hash, existing_shards(run.fs, run.root, keys))
+        done_ids = set(done.to_pylist())
+        carried = {vid: e for vid, e in carried.items() if vid not in done_ids}
+    skip = pa.concat_arrays([done, pa.array(list(carried), pa.string())])
+    todo = listing if len(skip) == 0 else listing.filter(
+        pc.invert(pc.is_in(listing["video_id"], value_set=skip)))
     return Plan(todo, done, carried, base, incremental)
 
 
@@ -335,95 +383,74 @@ def _carried_reason(entry: dict) -> str:
     return f"incremental: unchanged: skipped in run {entry['done_run_id']} ({entry.get('reason')})"
 
 
-def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float,
-           input_uri: str, records: list[dict] | None = None,
+def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, started: float,
+           input_uri: str, records: pa.Table | None = None,
            mapper: Mapper | None = None, timings: dict[str, float] | None = None,
            ) -> dict[str, Any]:
     """Compact staged shards, write report.json + report.parquet, the ledger snapshot,
     manifest.json, then latest; then delete the staged files.
 
-    `records`: this run's video records if the caller has read them already; `mapper`:
-    runs the compaction (default: a thread pool of write.commit_parallelism).
+    `listed`: the listing (LISTING_SCHEMA); `records`: this run's video records
+    (read_video_records) if the caller has read them already; `mapper`: runs the compaction
+    (default: a thread pool of write.commit_parallelism).
+
+    Per-video state stays in Arrow columns: Python dicts exist only for the records that can
+    hold rows (ok, or naming staged files), for carried videos, and for one chunk of report
+    and ledger rows at a time.
     """
     commit_start = time.time()
     threads = cfg.write.commit_parallelism
     mapper = mapper or thread_mapper(threads)
-    order = {v["video_id"]: i for i, v in enumerate(listed)}
+    listing = as_listing(listed).select(["video_uri", "video_id"])
     if records is None:
         records = read_video_records(run, threads)
-    records = {r["video_id"]: r for r in records if r["video_id"] in order}
-    carried = {vid: e for vid, e in plan.carried.items() if vid not in records}
+    listed_record = pc.is_in(records["video_id"], value_set=_ids(listing))
+    if not pc.all(listed_record).as_py():   # (a filter copies every record)
+        records = records.filter(listed_record)
+    active = _active_records(records)
+    order = _positions(listing, list(active))
+    carried_ids = pa.array(list(plan.carried), pa.string())
+    recorded = pc.is_in(carried_ids, value_set=_ids(records)).to_pylist()
+    carried = {vid: plan.carried[vid] for vid, r in zip(carried_ids.to_pylist(), recorded) if not r}
 
     compression = cfg.write.compression
-    own_shards, own_rows, own_shard_keys = _compact_own_shards(run, cfg, records, order, mapper)
+    own_shards, own_rows, own_shard_keys = _compact_own_shards(run, cfg, active, order, mapper)
     # Identical clips share sample_ids: where this run wrote rows for a content, its rows
     # win and the carried copies are dropped, so no sample_id is listed twice.
-    own_content = {records[v]["content_id"] for v in own_rows if records[v].get("content_id")}
+    own_content = {active[v]["content_id"] for v in own_rows if active[v].get("content_id")}
     drop = {vid for vid, e in carried.items() if e["content_id"] in own_content}
     carried_shards, carried = (carry_shards(run.fs, run.root, run.run_id, plan.base, carried, drop,
                                             compression) if carried else ([], {}))
     # Dataset-level step (pipeline/dataset.py): splits, dedup, balancing, per-split shards, README.md.
-    fin = finalize_dataset(run, cfg, records, own_shards, carried_shards, carried)
-    own_shards, carried_shards, own_rows, own_shard_keys = (
-        fin.own_shards, fin.carried_shards, fin.rows_of, fin.shards_of)
+    fin = finalize_dataset(run, cfg, active, own_shards, carried_shards, carried)
+    own_shards, carried_shards = fin.own_shards, fin.carried_shards
 
-    videos, entries = [], []
-    for item in listed:
-        vid = item["video_id"]
-        if vid in carried:
-            entry = carried[vid]
-            videos.append({"uri": item["video_uri"], "video_id": vid, "status": "skipped",
-                           "reason": _carried_reason(entry),
-                           "rows_json": entry["rows_json"] or "{}", "errors_json": "[]",
-                           "carried_from": entry["done_run_id"]})
-            entries.append(entry)
-            continue
-        rec = records.get(vid) or {
-            "status": "failed", "reason": "pipeline: lost: no record was written",
-            "counts_json": "{}", "content_id": None}
-        errors = json.loads(rec.get("errors_json") or "[]")
-        videos.append({
-            "uri": item["video_uri"], "video_id": vid, "status": rec["status"],
-            "reason": rec.get("reason"), "rows_json": rec.get("counts_json") or "{}",
-            "errors_json": json.dumps(errors), "carried_from": None, "_errors": errors,
-        })
-        entries.append({
-            "video_id": vid, "content_id": rec.get("content_id"), "video_uri": item["video_uri"],
-            "config_hash": run.config_hash, "status": rec["status"], "reason": rec.get("reason"),
-            "rows_json": json.dumps(dict(sorted(own_rows.get(vid, Counter()).items()))),
-            "shards": sorted(own_shard_keys.get(vid, ())), "done_run_id": run.run_id,
-            "retry_errors": retry_errors(errors),
-        })
-
+    rows_of = _VideoRows(run, listing, records, carried, fin.rows_of, fin.shards_of)
+    report_bytes, tally = rows_of.report_parquet()
+    release_freed_memory()   # the report's chunks, before the ledger's
     shards = own_shards + carried_shards
     rows = Counter()
     for shard in shards:
         rows[shard["task"]] += shard["rows"]
-    status_counts = Counter(v["status"] for v in videos)
     counts = {
-        "videos": len(videos),
-        "videos_by_status": dict(sorted(status_counts.items())),
-        "videos_processed": len(records),
+        "videos": listing.num_rows,
+        "videos_by_status": dict(sorted(tally.status.items())),
+        "videos_processed": records.num_rows,
         "videos_carried": len(carried),
         "rows": sum(rows.values()),
         "rows_by_task": dict(sorted(rows.items())),
         "rows_written": sum(s["rows"] for s in own_shards),
-        "failures_by_reason": dict(sorted(Counter(  # carried videos are counted above
-            reason_kind(v["reason"]) for v in videos
-            if v["status"] != "ok" and not v["carried_from"]).items())),
+        "failures_by_reason": dict(sorted(tally.failures.items())),
         # Non-fatal per-task problems of ok videos (MLLM retries exhausted, no subject, ...).
-        "task_errors_by_kind": dict(sorted(Counter(
-            f"{e['task']}: {e['kind']}" for v in videos
-            for e in v.pop("_errors", None) or []).items())),
+        "task_errors_by_kind": dict(sorted(tally.task_errors.items())),
         **fin.counts,   # rows_by_split, balanced_away, duplicates_dropped, content groups
     }
     # One row per listed video in Parquet (a million videos: tens of MB, read by column);
     # report.json keeps only the counts, so it stays small at any size.
-    table = pa.Table.from_pylist(videos, schema=REPORT_SCHEMA)
-    write_bytes_atomic(run.fs, run.p(REPORT_VIDEOS), parquet_bytes(table, "zstd"))
+    write_bytes_atomic(run.fs, run.p(REPORT_VIDEOS), report_bytes)
     report = {"run_id": run.run_id, "videos_file": REPORT_VIDEOS, "counts": counts}
     write_bytes_atomic(run.fs, run.p(REPORT), json.dumps(report, indent=1).encode())
-    ledger_key = write_snapshot(run.fs, run.root, run.run_id, entries)
+    ledger_key = write_snapshot(run.fs, run.root, run.run_id, rows_of.ledger_chunks())
     here = run_key(run.run_id)
     manifest = {
         "run_id": run.run_id,
@@ -463,6 +490,118 @@ def commit(run: Run, cfg: Config, listed: list[dict], plan: Plan, started: float
         elif run.fs.exists(run.p(folder)):
             run.fs.rm(run.p(folder), recursive=True)
     return manifest
+
+
+
+def _active_records(records: pa.Table) -> dict[str, dict]:
+    """video_id -> record of the videos whose rows compaction and the dataset step look at:
+    ok ones and any naming staged files (a skipped or failed video has neither: at a
+    million listed videos, most of them never become a dict)."""
+    has_rows = pc.or_(pc.equal(records["status"], "ok"),
+                      pc.greater(pc.list_value_length(records["shards"]), 0))
+    chosen = records.filter(pc.fill_null(has_rows, False))
+    return {rec["video_id"]: rec for rec in chosen.to_pylist()}
+
+
+def _positions(listing: pa.Table, vids: list[str]) -> dict[str, int]:
+    """Listing position of each of `vids` (all listed)."""
+    where = pc.index_in(pa.array(vids, pa.string()), value_set=_ids(listing))
+    return dict(zip(vids, where.to_pylist()))
+
+
+_ROWS_CHUNK = 16 * ROW_GROUP_ROWS   # report/ledger rows made at a time (see parquet_from_chunks)
+
+
+@dataclass
+class _Tally:
+    """The report's per-video counts, summed chunk by chunk."""
+
+    status: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)
+    task_errors: Counter = field(default_factory=Counter)
+
+
+class _VideoRows:
+    """The report row and the ledger entry of each listed video, made a chunk at a time
+    from the listing and the records (Arrow): the report in listing order, the ledger in
+    video_id order, each streamed into its Parquet file.
+
+    `own_rows` / `own_shards`: rows per task and shard keys of this run's videos that have
+    rows; `carried`: ledger entries of carried videos."""
+
+    def __init__(self, run: Run, listing: pa.Table, records: pa.Table, carried: dict[str, dict],
+                 own_rows: dict[str, Counter], own_shards: dict[str, set]):
+        self.run, self.listing, self.carried = run, listing, carried
+        self.own_rows, self.own_shards = own_rows, own_shards
+        self.records = records.drop_columns(["frame_hashes"])
+        # Each listed video's record row (null: none was written): 4 bytes per video.
+        self.record_of = pc.index_in(_ids(listing), value_set=_ids(records))
+
+    def _chunk(self, positions: pa.Array | None, start: int) -> list[tuple[str, str, dict | None]]:
+        """(uri, video_id, record or None) of listing rows start.. (in `positions` order)."""
+        if positions is None:
+            part = self.listing.slice(start, _ROWS_CHUNK)
+            where = self.record_of.slice(start, _ROWS_CHUNK)
+        else:
+            take = positions.slice(start, _ROWS_CHUNK)
+            part = self.listing.take(take)
+            where = self.record_of.take(take)
+        recs = iter(self.records.take(where.drop_null()).to_pylist())
+        return [(uri, vid, next(recs) if w is not None else None) for uri, vid, w in zip(
+            part["video_uri"].to_pylist(), part["video_id"].to_pylist(), where.to_pylist())]
+
+    def report_parquet(self) -> tuple[bytes, _Tally]:
+        """report.parquet's bytes (listing order) and the counts over its rows."""
+        tally = _Tally()
+
+        def chunks():
+            for start in range(0, self.listing.num_rows, _ROWS_CHUNK):
+                rows = []
+                for uri, vid, rec in self._chunk(None, start):
+                    row, errors = self._report_row(uri, vid, rec)
+                    tally.status[row["status"]] += 1
+                    if row["status"] != "ok" and not row["carried_from"]:   # carried: counted above
+                        tally.failures[reason_kind(row["reason"])] += 1
+                    tally.task_errors.update(f"{e['task']}: {e['kind']}" for e in errors)
+                    rows.append(row)
+                yield pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
+        return parquet_from_chunks(chunks(), REPORT_SCHEMA), tally
+
+    def ledger_chunks(self) -> Iterator[list[dict]]:
+        """The ledger snapshot's entries in video_id order, a chunk at a time."""
+        by_id = pc.sort_indices(self.listing, sort_keys=[("video_id", "ascending")])
+        for start in range(0, self.listing.num_rows, _ROWS_CHUNK):
+            yield [self._ledger_entry(uri, vid, rec) for uri, vid, rec in self._chunk(by_id, start)]
+
+    def _report_row(self, uri: str, vid: str, rec: dict | None) -> tuple[dict, list[dict]]:
+        if vid in self.carried:
+            entry = self.carried[vid]
+            return {"uri": uri, "video_id": vid, "status": "skipped",
+                    "reason": _carried_reason(entry), "rows_json": entry["rows_json"] or "{}",
+                    "errors_json": "[]", "carried_from": entry["done_run_id"]}, []
+        rec = rec or _LOST
+        errors = json.loads(rec.get("errors_json") or "[]")
+        return {"uri": uri, "video_id": vid, "status": rec["status"], "reason": rec.get("reason"),
+                "rows_json": rec.get("counts_json") or "{}", "errors_json": json.dumps(errors),
+                "carried_from": None}, errors
+
+    def _ledger_entry(self, uri: str, vid: str, rec: dict | None) -> dict:
+        if vid in self.carried:
+            return self.carried[vid]
+        rec = rec or _LOST
+        run = self.run
+        return {
+            "video_id": vid, "content_id": rec.get("content_id"), "video_uri": uri,
+            "config_hash": run.config_hash, "status": rec["status"], "reason": rec.get("reason"),
+            "rows_json": json.dumps(dict(sorted(self.own_rows.get(vid, Counter()).items()))),
+            "shards": sorted(self.own_shards.get(vid, ())), "done_run_id": run.run_id,
+            "retry_errors": retry_errors(json.loads(rec.get("errors_json") or "[]")),
+        }
+
+
+# The record of a listed video that has none (its block was lost on every pass).
+_LOST = {"status": "failed", "reason": "pipeline: lost: no record was written",
+         "counts_json": "{}", "content_id": None}
 
 
 # report.parquet: one row per listed video.

@@ -6,6 +6,8 @@ credentials from the standard AWS chain (env, shared profile, instance/pod role)
 """
 from __future__ import annotations
 
+import fnmatch
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -68,6 +70,19 @@ def fresh(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
     """Drop cached listings: other processes (Ray workers, other runs) write here too."""
     fs.invalidate_cache()
     return fs
+
+
+def list_files(fs: fsspec.AbstractFileSystem, folder: str, pattern: str) -> list[str]:
+    """Sorted paths of the files directly in `folder` whose names match `pattern` (fresh:
+    see `fresh`). Locally a plain directory scan: fsspec's glob makes an info dict per
+    file, ~100 MB of the driver's memory for the 125,000 record files of a million videos."""
+    if fs_is_s3(fs):
+        return sorted(fresh(fs).glob(posixpath.join(folder, pattern)))
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.join(folder, name) for name in names if fnmatch.fnmatchcase(name, pattern))
 
 
 def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:

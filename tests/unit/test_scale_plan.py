@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxyqa.core.config import load_config
 from proxyqa.pipeline.graph import input_blocks, unplaceable, videos_per_block
+from proxyqa.pipeline.sources import as_listing
 
 
 def test_a_million_videos_make_a_few_thousand_blocks():
@@ -18,6 +19,10 @@ def test_a_million_videos_make_a_few_thousand_blocks():
     assert [b.num_rows for b in blocks] == [256, 256, 256, 232]
     assert blocks[3].column("video_id").to_pylist()[-1] == "id999"
     assert blocks[0].schema.field("status").type == blocks[0].schema.field("video_uri").type
+    # The listing as the CLI keeps it (Arrow): the same blocks, as slices of it.
+    from_table = input_blocks(as_listing(videos), 256)
+    assert [b.to_pylist() for b in from_table] == [b.to_pylist() for b in blocks]
+    assert from_table[0].schema == blocks[0].schema
 
 
 def test_a_stage_is_unplaceable_only_when_no_single_node_fits_one_worker():
