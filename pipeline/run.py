@@ -492,7 +492,6 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     return manifest
 
 
-
 def _active_records(records: pa.Table) -> dict[str, dict]:
     """video_id -> record of the videos whose rows compaction and the dataset step look at:
     ok ones and any naming staged files (a skipped or failed video has neither: at a

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,9 +33,9 @@ def vllm_available() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from proxyqa.models.vllm_server import free_port as free_port_on
+
+    return free_port_on("127.0.0.1")
 
 
 def ensure_tiny_model(cache_dir: Path | str = DEFAULT_CACHE_DIR) -> Path:
