@@ -44,7 +44,7 @@ from proxyqa.core.layout import (
     run_key,
     task_dir,
 )
-from proxyqa.core.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, VIDEO_RECORD_SCHEMA
+from proxyqa.core.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, SPLITS, VIDEO_RECORD_SCHEMA
 from proxyqa.core.storage import (
     AtomicWriter,
     ensure_dir,
@@ -57,7 +57,7 @@ from proxyqa.core.storage import (
     remove_many,
     write_bytes_atomic,
 )
-from proxyqa.pipeline.dataset import finalize_dataset, remove_staged
+from proxyqa.pipeline.dataset import DatasetPlan, finish_dataset, plan_dataset, remove_stale_shards
 from proxyqa.pipeline.ledger import (
     Base,
     carry_shards,
@@ -276,31 +276,33 @@ def plan_run(run: Run, videos: pa.Table | list[dict], incremental: bool, threads
 
 @dataclass
 class _Group:
-    """Staged files of one task compacted into one output file."""
+    """Kept rows of one (task, split) from some staged files, compacted into one output file."""
 
     task: str
+    split: str
     sources: list[tuple[str, list[str]]]   # (staged path, video_ids whose rows are kept)
-    rows: int                              # rows expected (from the records' counts)
+    rows: int                              # rows expected (records' counts less the drops)
+    drop: list[str] = field(default_factory=list)            # sample_ids left out
+    content_group: dict[str, str] = field(default_factory=dict)   # video_id -> group
 
     @property
     def key_digest(self) -> str:
-        return digest([f"{p}\0{','.join(sorted(v))}" for p, v in self.sources])
+        return digest([self.split, *(f"{p}\0{','.join(sorted(v))}" for p, v in self.sources),
+                       *sorted(self.drop)])
 
 
-def _plan_compaction(run: Run, records: dict[str, dict], listed_order: dict[str, int],
-                     rows_per_file: int) -> list[_Group]:
-    """Which staged rows make the dataset, grouped into output files of ~rows_per_file rows.
-
-    No staged file is read here: each video's record names the staged files holding its
-    rows and how many rows per task. A video's rows are kept from the files of its chosen
-    record only (a batch retried after it was written landed in other files), and of
-    identical clips (same content_id: same sample_ids) only the first listed keeps rows.
-    """
+def _kept_rows(run: Run, records: dict[str, dict], listed_order: dict[str, int],
+               ) -> dict[str, dict[str, int]]:
+    """Which staged rows make the dataset: staged path (relative to the run) -> video_id ->
+    rows of the file's task. No staged file is read: each video's record names the staged
+    files holding its rows and how many per task. A video's rows are kept from the files of
+    its chosen record only (a batch retried after it was written landed in other files), and
+    of identical clips (same content_id: same sample_ids) only the first listed keeps rows."""
     canonical: dict[str, str] = {}
     for vid in sorted((v for v, r in records.items() if r["status"] == "ok" and r.get("content_id")),
                       key=lambda v: listed_order.get(v, 1 << 62)):
         canonical.setdefault(records[vid]["content_id"], vid)
-    keep: dict[str, dict[str, int]] = defaultdict(dict)       # staged rel -> video -> rows
+    keep: dict[str, dict[str, int]] = defaultdict(dict)
     for vid, rec in records.items():
         if rec.get("content_id") and canonical.get(rec["content_id"]) != vid:
             continue
@@ -309,28 +311,54 @@ def _plan_compaction(run: Run, records: dict[str, dict], listed_order: dict[str,
             n = counts.get(shard_task(rel), 0)
             if n:
                 keep[rel][vid] = n
-    groups: list[_Group] = []
-    by_task: dict[str, list[str]] = defaultdict(list)
-    for rel in sorted(keep):
-        by_task[shard_task(rel)].append(rel)
-    for task, rels in sorted(by_task.items()):
-        current = _Group(task, [], 0)
-        for rel in rels:
-            current.sources.append((run.p(rel), sorted(keep[rel])))
-            current.rows += sum(keep[rel].values())
-            if current.rows >= rows_per_file:  # a target reached, not a maximum exceeded
-                groups.append(current)
-                current = _Group(task, [], 0)
-        if current.sources:
-            groups.append(current)
-    return groups
+    return keep
+
+
+def _plan_compaction(run: Run, kept: dict[str, dict[str, int]], rows_per_file: int,
+                     dataset: DatasetPlan) -> list[_Group]:
+    """The output files: per (task, split), staged files in path order, a file closed once it
+    holds `rows_per_file` rows (a target reached, not a maximum exceeded; a video's rows of a
+    task are never cut). A last file under half the target joins the one before it (files of
+    up to ~1.5x the target), so a (task, split) has a file below the target only when it has
+    fewer rows than the target in all."""
+    open_groups: dict[tuple[str, str], _Group] = {}
+    done: dict[tuple[str, str], list[_Group]] = defaultdict(list)
+    for rel in sorted(kept):
+        task = shard_task(rel)
+        per_split: dict[str, list[str]] = defaultdict(list)
+        for vid in sorted(kept[rel]):
+            per_split[dataset.split_of.get(vid, SPLITS[0])].append(vid)
+        for split, vids in sorted(per_split.items()):
+            group = open_groups.setdefault((task, split), _Group(task, split, [], 0))
+            drop = [sid for vid in vids for sid in dataset.dropped.get((vid, task), ())]
+            group.sources.append((run.p(rel), vids))
+            group.rows += sum(kept[rel][vid] for vid in vids) - len(drop)
+            group.drop += drop
+            group.content_group.update({vid: dataset.group_of.get(vid) for vid in vids})
+            if group.rows >= rows_per_file:
+                done[(task, split)].append(open_groups.pop((task, split)))
+    for key, group in open_groups.items():
+        previous = done[key]
+        if previous and group.rows < rows_per_file / 2:
+            last = previous[-1]
+            last.sources += group.sources
+            last.rows += group.rows
+            last.drop += group.drop
+            last.content_group.update(group.content_group)
+        else:
+            previous.append(group)
+    return [g for key in sorted(done) for g in done[key] if g.rows > 0]
 
 
 def compact_group(output: str, s3: Any, run_id: str, group: _Group, compression: str) -> dict:
-    """Stream a group's staged files, kept rows only, into one Parquet file (one staged file
-    in memory at a time). Plain function: runs in a driver thread or as a Ray task."""
+    """Stream a group's staged files, kept rows only, into one Parquet file of the dataset
+    with `split` and `content_group` set (one staged file in memory at a time). Plain
+    function: runs in a driver thread or as a Ray task."""
     fs, root = get_fs(output, s3)
-    key = run_key(run_id, task_dir(group.task), f"part-{group.key_digest}.parquet")
+    key = run_key(run_id, task_dir(group.task), f"{group.split}-{group.key_digest}.parquet")
+    drop = pa.array(sorted(group.drop), pa.string())
+    split_at = SAMPLE_SCHEMA.get_field_index("split")
+    content_at = SAMPLE_SCHEMA.get_field_index("content_group")
     rows_of: Counter = Counter()
     with AtomicWriter(fs, posixpath.join(root, key)) as fh:
         writer = pq.ParquetWriter(fh, SAMPLE_SCHEMA, compression=compression)
@@ -338,23 +366,32 @@ def compact_group(output: str, s3: Any, run_id: str, group: _Group, compression:
             for path, vids in group.sources:
                 with fs.open(path, "rb") as src:
                     table = read_parquet(src, schema=SAMPLE_SCHEMA)
-                table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(vids)))
-                rows_of.update(table.column("video_id").to_pylist())
+                keep = pc.is_in(table["video_id"], value_set=pa.array(vids, pa.string()))
+                if len(drop):
+                    keep = pc.and_(keep, pc.invert(pc.is_in(table["sample_id"], value_set=drop)))
+                table = table.filter(keep)
+                vid_list = table.column("video_id").to_pylist()
+                rows_of.update(vid_list)
+                table = (table.set_column(split_at, SAMPLE_SCHEMA.field(split_at),
+                                          pa.array([group.split] * len(vid_list), pa.string()))
+                         .set_column(content_at, SAMPLE_SCHEMA.field(content_at),
+                                     pa.array([group.content_group.get(v) for v in vid_list], pa.string())))
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         finally:
             writer.close()
-    return {"key": key, "task": group.task, "rows": sum(rows_of.values()),
+    return {"key": key, "task": group.task, "split": group.split, "rows": sum(rows_of.values()),
             "bytes": fs.size(posixpath.join(root, key)), "rows_of": dict(rows_of)}
 
 
-def _compact_own_shards(run: Run, cfg: Config, records: dict[str, dict],
-                        listed_order: dict[str, int], mapper: Mapper,
+def _compact_own_shards(run: Run, cfg: Config, kept: dict[str, dict[str, int]],
+                        dataset: DatasetPlan, mapper: Mapper, keep_keys: set[str],
                         ) -> tuple[list[dict], dict[str, Counter], dict[str, set]]:
-    """This run's staged rows as files of `write.rows_per_file` rows, written in parallel;
-    stale outputs of an interrupted earlier commit are removed.
+    """This run's staged rows as the dataset's per-split files of `write.rows_per_file` rows,
+    written in parallel; stale outputs of an interrupted earlier commit are removed (not
+    `keep_keys`: the carried files this commit wrote).
     -> (shard entries keyed relative to OUT, rows per task per video, shard keys per video).
     """
-    groups = _plan_compaction(run, records, listed_order, cfg.write.rows_per_file)
+    groups = _plan_compaction(run, kept, cfg.write.rows_per_file, dataset)
     fn = partial(compact_group, run.output, cfg.s3, run.run_id, compression=cfg.write.compression)
     shards = mapper(fn, groups)
     rows_of: dict[str, Counter] = defaultdict(Counter)
@@ -364,6 +401,7 @@ def _compact_own_shards(run: Run, cfg: Config, records: dict[str, dict],
             rows_of[vid][shard["task"]] += n
             shards_of[vid].add(shard["key"])
     wanted = {posixpath.join(run.root, s["key"]) for s in shards}
+    wanted |= {posixpath.join(run.root, k) for k in keep_keys}
     present = fresh(run.fs).glob(run.p(task_dir("*"), "*.parquet"))
     remove_many(run.fs, [p for p in present if p not in wanted], cfg.write.commit_parallelism)
     shards.sort(key=lambda s: s["key"])
@@ -414,18 +452,23 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     carried = {vid: plan.carried[vid] for vid, r in zip(carried_ids.to_pylist(), recorded) if not r}
 
     compression = cfg.write.compression
-    own_shards, own_rows, own_shard_keys = _compact_own_shards(run, cfg, active, order, mapper)
-    # Identical clips share sample_ids: where this run wrote rows for a content, its rows
+    kept = _kept_rows(run, active, order)
+    # Identical clips share sample_ids: where this run writes rows for a content, its rows
     # win and the carried copies are dropped, so no sample_id is listed twice.
-    own_content = {active[v]["content_id"] for v in own_rows if active[v].get("content_id")}
+    own_content = {active[v]["content_id"] for rel in kept for v in kept[rel]
+                   if active[v].get("content_id")}
     drop = {vid for vid, e in carried.items() if e["content_id"] in own_content}
     carried_shards, carried = (carry_shards(run.fs, run.root, run.run_id, plan.base, carried, drop,
                                             compression) if carried else ([], {}))
-    # Dataset-level step (pipeline/dataset.py): splits, dedup, balancing, per-split shards, README.md.
-    fin = finalize_dataset(run, cfg, active, own_shards, carried_shards, carried)
-    own_shards, carried_shards = fin.own_shards, fin.carried_shards
+    # Dataset-level step (pipeline/dataset.py): splits, dedup and balancing, planned before
+    # the compaction writes each row once into its per-split file; then README.md.
+    own_sources = [(run.p(rel), sorted(kept[rel])) for rel in sorted(kept)]
+    dataset = plan_dataset(run, cfg, active, own_sources, carried_shards, carried, mapper)
+    own_shards, own_rows, own_shard_keys = _compact_own_shards(
+        run, cfg, kept, dataset, mapper, {s["key"] for s in carried_shards})
+    carried_shards, dataset_counts = finish_dataset(run, dataset, own_shards, carried_shards)
 
-    rows_of = _VideoRows(run, listing, records, carried, fin.rows_of, fin.shards_of)
+    rows_of = _VideoRows(run, listing, records, carried, own_rows, own_shard_keys)
     report_bytes, tally = rows_of.report_parquet()
     release_freed_memory()   # the report's chunks, before the ledger's
     shards = own_shards + carried_shards
@@ -443,7 +486,7 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
         "failures_by_reason": dict(sorted(tally.failures.items())),
         # Non-fatal per-task problems of ok videos (MLLM retries exhausted, no subject, ...).
         "task_errors_by_kind": dict(sorted(tally.task_errors.items())),
-        **fin.counts,   # rows_by_split, balanced_away, duplicates_dropped, content groups
+        **dataset_counts,   # rows_by_split, balanced_away, duplicates_dropped, content groups
     }
     # One row per listed video in Parquet (a million videos: tens of MB, read by column);
     # report.json keeps only the counts, so it stays small at any size.
@@ -480,10 +523,10 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     # manifest.json last: its presence is what makes the run complete.
     write_bytes_atomic(run.fs, run.p(MANIFEST), json.dumps(manifest, indent=1).encode())
     write_bytes_atomic(run.fs, posixpath.join(run.root, LATEST), f"{RUNS_DIR}/{run.run_id}\n".encode())
-    # The compacted pre-split files (now copies of the per-split ones), then the staged
+    # Files of a crashed earlier attempt that this one planned differently, then the staged
     # files: copies of what the manifest lists (a crash before this leaves them in a complete
     # run's hidden folders, where no reader looks).
-    remove_staged(run, fin)
+    remove_stale_shards(run, [s["key"] for s in shards])
     for folder in (STAGED_DIR, VIDEOS_DIR):
         if fs_is_s3(run.fs):     # no folders on S3: delete the objects, 1000 per request
             remove_many(run.fs, fresh(run.fs).find(run.p(folder)), threads)

@@ -128,16 +128,35 @@ def test_a_commit_that_died_is_redone_without_stale_shards(tmp_path, monkeypatch
     assert sum(s["rows"] for s in manifest["shards"]) == 60
 
 
-def test_shard_slices_reach_the_target_and_a_small_remainder_joins_the_last():
-    import pyarrow as pa
+def test_shard_files_reach_the_target_per_task_and_split_and_a_small_remainder_joins_the_last():
+    from proxyqa.pipeline.dataset import DatasetPlan
+    from proxyqa.pipeline.run import Run, _plan_compaction
 
-    from proxyqa.pipeline.dataset import _chunks
+    run = Run("/out", "r1", "h", None, "/out")
 
-    def sizes(rows_per_video: list[int], target: int) -> list[int]:
-        vids = [f"v{i}" for i, n in enumerate(rows_per_video) for _ in range(n)]
-        return [t.num_rows for t in _chunks(pa.table({"video_id": vids}), target)]
+    def plan(rows_per_video: list[int], target: int, split_of=None, dropped=None):
+        # One staged file per video (writer batches of one), all of task temporal_order.
+        kept = {f"_staged/temporal_order/part-{i:03d}.parquet": {f"v{i:03d}": n}
+                for i, n in enumerate(rows_per_video)}
+        dataset = DatasetPlan(split_of or {}, {}, dropped or {}, {}, {})
+        return _plan_compaction(run, kept, target, dataset)
+
+    def sizes(*args, **kwargs) -> list[int]:
+        return [g.rows for g in plan(*args, **kwargs)]
 
     assert sizes([3] * 10, 10) == [12, 12, 6]         # a remainder of half the target stays apart
     assert sizes([3] * 9, 10) == [12, 15]             # 12 + 12 + 3: under half joins the file before
     assert sizes([4] * 2, 10) == [8]                  # fewer rows than the target: one file
     assert sizes([25], 10) == [25]                    # one video's rows are never split
+    # Splits are cut apart: every (task, split) has at most one file below the target.
+    split_of = {f"v{i:03d}": ("validation" if i % 5 == 0 else "train") for i in range(40)}
+    groups = plan([3] * 40, 10, split_of)
+    by_split = {s: [g.rows for g in groups if g.split == s] for s in ("train", "validation")}
+    assert by_split == {"train": [12, 12, 12, 12, 12, 12, 12, 12], "validation": [12, 12]}
+    assert all(set(split_of[v] for _, vids in g.sources for v in vids) == {g.split} for g in groups)
+    # Dropped rows (duplicates, balancing) are left out and not counted towards the target.
+    dropped = {(f"v{i:03d}", "temporal_order"): ["s1", "s2"] for i in range(10)}
+    groups = plan([3] * 10, 10, dropped=dropped)
+    assert [g.rows for g in groups] == [10]
+    assert sorted(groups[0].drop) == sorted(["s1", "s2"] * 10)
+

@@ -94,3 +94,42 @@ def test_near_duplicates_share_a_group_and_strangers_do_not():
     splits = [split_for_group(f"g{i}", cfg) for i in range(4000)]
     assert abs(splits.count("train") / 4000 - 0.9) < 0.03
     assert splits.count("validation") > 100 and splits.count("test") > 100
+
+
+def test_all_pairs_in_numpy_find_the_same_groups_as_comparing_each_pair():
+    from proxyqa.pipeline.dataset import _matched_share, _usable
+
+    rng = random.Random(7)
+    videos: dict[str, dict] = {}
+    for k in range(60):   # 60 source clips, each with up to 3 noisy copies, some trimmed
+        base = [rng.getrandbits(64) for _ in range(rng.choice([0, 4, 8, 16]))]
+        for c in range(rng.randint(1, 4)):
+            frames = [h ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 12))) for h in base]
+            videos[f"k{k:02d}c{c}"] = {"content_id": None, "frame_hashes": frames[rng.randint(0, 4):]}
+    for max_hamming, min_matched in ((10, 0.5), (6, 0.75), (0, 0.5)):
+        groups = near_duplicate_groups(videos, max_hamming, min_matched)
+        usable = {v: _usable(videos[v]["frame_hashes"]) for v in videos}
+        ids = sorted(videos)
+        for i, a in enumerate(ids):     # the definition, pair by pair
+            for b in ids[i + 1:]:
+                share = max(_matched_share(usable[a], usable[b], max_hamming),
+                            _matched_share(usable[b], usable[a], max_hamming))
+                if share >= min_matched:
+                    assert groups[a] == groups[b], (a, b, share)
+        # ... and nothing more: each group is connected by such pairs.
+        parts = {}
+        for v in ids:
+            parts.setdefault(groups[v], []).append(v)
+        for members in parts.values():
+            reached, todo = {members[0]}, [members[0]]
+            while todo:
+                a = todo.pop()
+                for b in members:
+                    if b not in reached and max(
+                            _matched_share(usable[a], usable[b], max_hamming),
+                            _matched_share(usable[b], usable[a], max_hamming)) >= min_matched:
+                        reached.add(b)
+                        todo.append(b)
+            assert reached == set(members)
+        if max_hamming == 10:
+            assert 60 <= len(parts) < len(ids)    # copies joined, sources apart
