@@ -219,10 +219,10 @@ class DatasetPlan:
 
 
 def plan_dataset(run, cfg: Config, records: dict[str, dict],
-                 own_sources: list[tuple[str, list[str]]], carried_shards: list[dict],
+                 own_sources: dict[str, list[tuple[str, list[str]]]], carried_shards: list[dict],
                  carried: dict[str, dict], mapper) -> DatasetPlan:
     """Steps 1-3 of the module doc, before any row is written. `records`: this run's video
-    records by video_id; `own_sources`: (staged path, video_ids whose rows are kept);
+    records by video_id; `own_sources`: task -> (staged path, video_ids whose rows are kept);
     `carried`: the ledger entries of carried videos (after commit dropped re-processed
     contents). Reads only light columns (no images): of the staged files through `mapper`,
     of the carried shards on the driver's threads."""
@@ -231,10 +231,14 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
     # 1. Groups and splits. Carried shards one file per call: each file's split is read off
     # its rows.
     read = partial(read_rows, run.output, cfg.s3)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.write.commit_parallelism)) as pool:
-        carried_tables = list(pool.map(read, [
-            ([(posixpath.join(root, s["key"]), None)], ROW_COLUMNS + ["split", "content_group"])
-            for s in carried_shards]))
+    threads = max(1, cfg.write.commit_parallelism)
+
+    def on_threads(fn, items: list) -> list:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(fn, items))
+    carried_tables = on_threads(read, [
+        ([(posixpath.join(root, s["key"]), None)], ["video_id", "split", "content_group"])
+        for s in carried_shards])
     carried_split: dict[str, Counter] = defaultdict(Counter)
     carried_group: dict[str, str] = {}
     shard_split: dict[str, str] = {}
@@ -248,8 +252,6 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
         present = [s for s in set(table["split"].to_pylist()) if s]
         shard_split[shard["key"]] = (present[0] if len(present) == 1 else
                                      split_of_name(shard["key"]) or SPLITS[0])
-    carried_rows = (pa.concat_tables(carried_tables) if carried_tables
-                    else pa.table({c: [] for c in ROW_COLUMNS}))
     del carried_tables
     videos: dict[str, dict] = {
         vid: {"content_id": rec.get("content_id"), "frame_hashes": rec.get("frame_hashes")}
@@ -279,45 +281,59 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
             split_of[vid] = split
             name_of[vid] = names[0] if names else group
 
-    # 2-3. Same-video duplicates and balancing, over this run's rows and the carried ones.
-    own_rows = _read_all(read, mapper, own_sources, ROW_COLUMNS)
-    rows: list[dict] = []
-    droppable: list[bool] = []
-    for own, table in ((True, own_rows), (False, carried_rows)):
-        for r in table.select(ROW_COLUMNS).to_pylist():
-            rows.append(r)
-            droppable.append(own)
-    del own_rows, carried_rows
-    drop: set[str] = set()
-    duplicates: Counter = Counter()
-    first: dict[tuple, str] = {}
-    # Carried rows first: they stay, and a duplicate of one among this run's rows goes.
-    for r, own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
-        key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
-        if key in first and own:
-            drop.add(r["sample_id"])
-            duplicates[r["task"]] += 1
-        else:
-            first.setdefault(key, r["sample_id"])
-    balanced: Counter = Counter()
-    if cfg.balance.enabled:
-        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
-        sub = [rows[i] for i in keep]
-        for j in plan_drops(sub, cfg.balance.max_excess, [droppable[i] for i in keep]):
-            drop.add(sub[j]["sample_id"])
-            balanced[sub[j]["task"]] += 1
+    # 2-3. Same-video duplicates and balancing, over this run's rows and the carried ones,
+    # one task at a time: a task's drops depend on its rows alone, so the driver holds one
+    # task's light rows, not the run's.
     dropped: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for r, own in zip(rows, droppable):
-        if own and r["sample_id"] in drop:
-            dropped[(r["video_id"], r["task"])].append(r["sample_id"])
+    duplicates: Counter = Counter()
+    balanced: Counter = Counter()
+    for task in sorted(set(own_sources) | {s["task"] for s in carried_shards}):
+        own = _read_all(read, mapper, own_sources.get(task, []), ROW_COLUMNS)
+        carried_rows = _read_all(read, on_threads, [(posixpath.join(root, s["key"]), None)
+                                                       for s in carried_shards if s["task"] == task],
+                                 ROW_COLUMNS, per_call=1)
+        drop, n_duplicates, n_balanced = _task_drops(own, carried_rows, cfg)
+        duplicates[task] += n_duplicates
+        balanced[task] += n_balanced
+        for vid, sid in zip(own["video_id"].to_pylist(), own["sample_id"].to_pylist()):
+            if sid in drop:
+                dropped[(vid, task)].append(sid)
+        del own, carried_rows
     counts = {
         "content_groups": len(members),
         "groups_by_split": dict(Counter(split_of[vids[0]] for vids in members.values())),
         "split_conflicts": conflicts,
-        "duplicates_dropped": dict(sorted(duplicates.items())),
-        "balanced_away": dict(sorted(balanced.items())),
+        "duplicates_dropped": {t: n for t, n in sorted(duplicates.items()) if n},
+        "balanced_away": {t: n for t, n in sorted(balanced.items()) if n},
     }
     return DatasetPlan(split_of, name_of, dict(dropped), counts, shard_split)
+
+
+def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str], int, int]:
+    """One task's sample_ids to leave out of this run's rows: same-video duplicates, then
+    balancing drops (carried rows count but stay). -> (drops, duplicates, balanced away)."""
+    rows: list[dict] = []
+    droppable: list[bool] = []
+    for is_own, table in ((True, own), (False, carried)):
+        for r in table.select(ROW_COLUMNS).to_pylist():
+            rows.append(r)
+            droppable.append(is_own)
+    drop: set[str] = set()
+    first: dict[tuple, str] = {}
+    # Carried rows first: they stay, and a duplicate of one among this run's rows goes.
+    for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
+        key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
+        if key in first and is_own:
+            drop.add(r["sample_id"])
+        else:
+            first.setdefault(key, r["sample_id"])
+    duplicates = len(drop)
+    if cfg.balance.enabled:
+        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
+        sub = [rows[i] for i in keep]
+        drop |= {sub[j]["sample_id"] for j in plan_drops(sub, cfg.balance.max_excess,
+                                                          [droppable[i] for i in keep])}
+    return drop, duplicates, len(drop) - duplicates
 
 
 def finish_dataset(run, plan: DatasetPlan, own_shards: list[dict], carried_shards: list[dict]

@@ -462,7 +462,9 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
                                             compression) if carried else ([], {}))
     # Dataset-level step (pipeline/dataset.py): splits, dedup and balancing, planned before
     # the compaction writes each row once into its per-split file; then README.md.
-    own_sources = [(run.p(rel), sorted(kept[rel])) for rel in sorted(kept)]
+    own_sources: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+    for rel in sorted(kept):
+        own_sources[shard_task(rel)].append((run.p(rel), sorted(kept[rel])))
     dataset = plan_dataset(run, cfg, active, own_sources, carried_shards, carried, mapper)
     own_shards, own_rows, own_shard_keys = _compact_own_shards(
         run, cfg, kept, dataset, mapper, {s["key"] for s in carried_shards})

@@ -164,18 +164,20 @@ def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
     smallest hash of its sample_id goes first, so the same rows give the same drops.
     """
     drops: set[int] = set()
-    # Videos go by a content-derived name (their smallest sample_id) instead of video_id,
-    # which hashes the URI: the same clips at other paths (local vs S3) get the same drops.
-    name: dict[str, str] = {}
+    # Videos go by a content-derived name (their smallest sample_id of the task) instead of
+    # video_id, which hashes the URI: the same clips at other paths (local vs S3) get the same
+    # drops. Per task, so that a task's drops depend on its rows alone: commit plans one task
+    # at a time (pipeline/dataset.py) and gets what one call over all rows gets.
+    name: dict[tuple[str, str], str] = {}
     for r in rows:
-        sid = str(r.get("sample_id", ""))
-        name[r["video_id"]] = min(name.get(r["video_id"], sid), sid)
+        sid, key = str(r.get("sample_id", "")), (r["task"], r["video_id"])
+        name[key] = min(name.get(key, sid), sid)
     # ... and in sample_id order: the greedy's ties go to the first candidate met, so the
     # order rows arrive in (writer batches, compaction groups) must not matter.
     order = sorted(range(len(rows)), key=lambda i: str(rows[i].get("sample_id", i)))
     if droppable is not None:
         droppable = [droppable[i] for i in order]
-    rows = [{**rows[i], "video_id": name[rows[i]["video_id"]]} for i in order]
+    rows = [{**rows[i], "video_id": name[(rows[i]["task"], rows[i]["video_id"])]} for i in order]
     for members in _with_keys(rows).values():
         pool = defaultdict(list)   # (key, answer, video) -> droppable row indices
         for r in members:

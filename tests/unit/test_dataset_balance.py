@@ -52,6 +52,20 @@ def test_balancing_keeps_rows_that_are_not_droppable():
     assert drops and not any(fixed[i] for i in drops)
 
 
+def test_balancing_a_task_alone_drops_what_balancing_all_tasks_together_drops():
+    # Commit plans one task at a time (bounded memory): a task's drops must not depend on the
+    # other tasks' rows, whose sample_ids sort before or after its own.
+    body = _skewed(seed=1)
+    other = [{**r, "task": "spatial_grounding", "sample_id": "a" + r["sample_id"][::-1],
+              "question": r["question"].replace("Which option", "Which place")}
+             for r in _skewed(seed=2)]
+    rows = body + other
+    together = plan_drops(rows, 0.03)
+    alone = plan_drops(body, 0.03) | {len(body) + i for i in plan_drops(other, 0.03)}
+    assert together == alone
+    assert {rows[i]["task"] for i in together} == {"body_part_state", "spatial_grounding"}
+
+
 def test_two_choice_kinds_are_held_to_their_own_chance():
     rows = [{"sample_id": f"s{v}-{j}", "task": "motion_compare", "video_id": f"v{v}",
              "question": "did the left hand move up or down?", "answer": "up" if j < 3 else "down",
