@@ -2,6 +2,7 @@
 
     python bench/scale_orchestration.py [--skipped 20000] [--real 2000] [--only skipped|real]
     python bench/scale_orchestration.py --only skipped --skipped 100000   # driver memory at scale
+    python bench/scale_orchestration.py --only skipped --nightly          # + the nightly over it
 
 Two runs of `proxyqa run` (configs/local.yaml), each a fresh process with its own local Ray,
 its driver's resident memory sampled every 0.1 s (the driver process only, not Ray's):
@@ -93,10 +94,15 @@ def _by_kind(cpu: dict[int, float], names: dict[int, str]) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def run(folder: Path, sets: list[str]) -> dict[str, Any]:
-    out = Path(tempfile.mkdtemp(prefix="proxyqa-scale-"))
+def run(folder: Path, sets: list[str], out: Path | None = None, incremental: bool = False,
+        keep: bool = False) -> dict[str, Any]:
+    """One `proxyqa run` over `folder` into `out` (a new temporary folder by default, removed
+    afterwards unless `keep`); `incremental`: the nightly form, on top of `out`'s latest run."""
+    out = out or Path(tempfile.mkdtemp(prefix="proxyqa-scale-"))
     args = [PROXYQA, "run", "--config", str(REPO / "configs" / "local.yaml"), "--input", str(folder),
             "--output", str(out), "--set", "ray.progress_bars=false"]
+    if incremental:
+        args.append("--incremental")
     for s in sets:
         args += ["--set", s]
     peak = [0]
@@ -177,7 +183,9 @@ def run(folder: Path, sets: list[str]) -> dict[str, Any]:
         # Other work on the machine stretches the wall time: report it next to the figures.
         "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
-    shutil.rmtree(out, ignore_errors=True)
+    result["videos_carried"] = manifest["counts"].get("videos_carried", 0)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return result
 
 
@@ -257,6 +265,9 @@ def main() -> None:
     parser.add_argument("--rows-per-file", type=int, default=None,
                         help="write.rows_per_file of the real run (default: the config's 2000); "
                         "scale it with --real to keep the rows/target ratio on a busy machine")
+    parser.add_argument("--nightly", action="store_true",
+                        help="after the skipped run, an --incremental run over the same videos "
+                        "(the nightly with nothing new: every video carried)")
     parser.add_argument("--remove-links", action="store_true",
                         help="delete the skipped run's hard links afterwards (100,000 of them)")
     args = parser.parse_args()
@@ -265,7 +276,10 @@ def main() -> None:
                                "machine": common.machine()}
     if args.only in (None, "skipped"):
         folder = hard_links(args.skipped)
-        results["skipped"] = run(folder, ["limits.max_bytes=1"])
+        out = Path(tempfile.mkdtemp(prefix="proxyqa-scale-"))
+        results["skipped"] = run(folder, ["limits.max_bytes=1"], out, keep=args.nightly)
+        if args.nightly:   # the same listing again, incremental: every video is carried
+            results["nightly"] = run(folder, ["limits.max_bytes=1"], out, incremental=True)
         # Every size measured at this commit: two of them give the line a + b x N.
         here = _commit()
         known = results.get("skipped_driver_peak_mib") or {}
@@ -282,13 +296,13 @@ def main() -> None:
         results["real"] = run(make_videos(args.real), LIGHT + extra)
     rows = [{"run": k, **{c: v for c, v in r.items() if c not in ("shard_rows", "timings_s", "status")},
              **{f"{p}_s": t for p, t in r["timings_s"].items()}}
-            for k, r in results.items() if k in ("skipped", "real")]
+            for k, r in results.items() if k in ("skipped", "nightly", "real")]
     print(table(rows, ["run", "videos", "wall_s", "per_video_ms", "cpu_s", "cpu_per_video_ms", "list_s", "plan_s", "execute_s",
                        "commit_s", "driver_peak_mib", "files_per_1000_videos", "shards",
                        "mean_shard_fill", "report_json_bytes", "report_parquet_bytes",
                        "load_avg_1min"]))
     for k, r in results.items():
-        if k in ("skipped", "real"):
+        if k in ("skipped", "nightly", "real"):
             print(f"{k}: driver RSS through execute (MiB, running peak per tenth) "
                   f"{r.get('driver_execute_ramp_mib')}, anonymous at peak {r.get('driver_anon_at_peak_mib')} MiB")
             print(f"{k}: driver peak by phase (MiB) {r.get('driver_peak_by_phase_mib')}, "

@@ -47,8 +47,8 @@ ROW_COLUMNS = ["sample_id", "video_id", "task", "question", "answer", "choices",
 # Frames this flat (few or almost all bits set) hash mostly noise: they match anything.
 MIN_BITS, MAX_BITS = 6, 58
 # Up to this many videos every pair is compared (exact); frames per numpy block (a block is
-# _BLOCK x all frames of 8-byte XORs: 64 MB at 32,000 frames).
-ALL_PAIRS_MAX, _BLOCK = 2000, 256
+# _BLOCK x all frames of 8-byte XORs: 16 MB at 32,000 frames).
+ALL_PAIRS_MAX, _BLOCK = 2000, 64
 
 
 # --- near-duplicate groups and splits -----------------------------------------------------
@@ -82,14 +82,18 @@ def _matching_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: i
     flat = np.array([h for v in ids for h in hashes[v]], dtype=np.uint64)
     with_frames = np.unique(owner)                      # videos with usable frames, in order
     starts = np.searchsorted(owner, with_frames)        # their first column (owner is sorted)
-    hits = np.zeros((len(ids), len(with_frames)))       # a's frames close to some frame of b
+    hits = np.zeros((len(ids), len(ids)), np.int32)     # a's frames close to some frame of b
     for lo in range(0, len(flat), _BLOCK):
         close = np.bitwise_count(flat[lo:lo + _BLOCK, None] ^ flat[None, :]) <= max_hamming
-        np.add.at(hits, owner[lo:lo + _BLOCK], np.logical_or.reduceat(close, starts, axis=1))
-    counts = np.bincount(owner, minlength=len(ids)).astype(float)
-    share = np.zeros((len(ids), len(ids)))
-    share[:, with_frames] = hits / np.maximum(counts, 1)[:, None]
-    matched = np.triu(np.maximum(share, share.T) >= min_matched, k=1)
+        per_video = np.logical_or.reduceat(close, starts, axis=1)
+        np.add.at(hits, (owner[lo:lo + _BLOCK, None], with_frames[None, :]), per_video)
+    # share(a, b) = hits / frames(a) >= m  <=>  hits >= the least k with k / frames(a) >= m
+    # (found by the same float test, so no rounding differs): no matrix of fractions.
+    frames = np.bincount(owner, minlength=len(ids))
+    least = {n: next((k for k in range(n + 1) if k / n >= min_matched), n + 1) for n in set(frames.tolist()) if n}
+    need = np.array([least.get(n, 1) for n in frames.tolist()])   # no frames: never matched
+    matched = (hits >= need[:, None]) & (hits > 0)
+    matched = np.triu(matched | matched.T, k=1)
     return [(ids[a], ids[b]) for a, b in zip(*np.nonzero(matched))]
 
 

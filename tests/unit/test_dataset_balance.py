@@ -120,7 +120,7 @@ def test_all_pairs_in_numpy_find_the_same_groups_as_comparing_each_pair():
         for c in range(rng.randint(1, 4)):
             frames = [h ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 12))) for h in base]
             videos[f"k{k:02d}c{c}"] = {"content_id": None, "frame_hashes": frames[rng.randint(0, 4):]}
-    for max_hamming, min_matched in ((10, 0.5), (6, 0.75), (0, 0.5)):
+    for max_hamming, min_matched in ((10, 0.5), (6, 0.75), (8, 0.7), (0, 0.5)):
         groups = near_duplicate_groups(videos, max_hamming, min_matched)
         usable = {v: _usable(videos[v]["frame_hashes"]) for v in videos}
         ids = sorted(videos)
