@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from proxyqa.core.balance import plan_drops
 from proxyqa.core.config import Config
 from proxyqa.core.hf import hf_readme
-from proxyqa.core.layout import HF_README, SHARD_GLOB, VIDEOS_DIR, run_key, split_of_name, task_dir
+from proxyqa.core.layout import HF_README, run_key, split_of_name, task_dir
 from proxyqa.core.schema import SPLITS
 from proxyqa.core.storage import fresh, get_fs, read_parquet, write_bytes_atomic
 
@@ -193,22 +192,6 @@ def _read_all(read, mapper, sources: list[tuple[str, list[str] | None]], columns
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
 
 
-def _done_run_hashes(fs, root: str, run_ids: Iterable[str], wanted: set[str]) -> dict[str, list]:
-    """frame_hashes of `wanted` videos from the video records of the runs that processed them."""
-    out: dict[str, list] = {}
-    for run_id in sorted(set(run_ids)):
-        for path in sorted(fresh(fs).glob(posixpath.join(root, run_key(run_id, VIDEOS_DIR, SHARD_GLOB)))):
-            with fs.open(path, "rb") as fh:
-                pf = pq.ParquetFile(fh)
-                if "frame_hashes" not in pf.schema_arrow.names:
-                    continue
-                table = pf.read(columns=["video_id", "frame_hashes"])
-            for vid, hashes in zip(table["video_id"].to_pylist(), table["frame_hashes"].to_pylist()):
-                if vid in wanted and hashes:
-                    out[vid] = hashes
-    return out
-
-
 # --- the step -----------------------------------------------------------------------------
 
 @dataclass
@@ -230,7 +213,7 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
     `carried`: the ledger entries of carried videos (after commit dropped re-processed
     contents). Reads only light columns (no images): of the staged files through `mapper`,
     of the carried shards on the driver's threads."""
-    fs, root = run.fs, run.root
+    root = run.root
 
     # 1. Groups and splits. Carried shards one file per call: each file's split is read off
     # its rows.
@@ -260,10 +243,9 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
     videos: dict[str, dict] = {
         vid: {"content_id": rec.get("content_id"), "frame_hashes": rec.get("frame_hashes")}
         for vid, rec in records.items() if rec.get("status") == "ok"}
-    hashes = _done_run_hashes(fs, root, [e["done_run_id"] for e in carried.values()], set(carried))
-    for vid, entry in carried.items():
+    for vid, entry in carried.items():   # hashes from the ledger (None in older snapshots)
         videos.setdefault(vid, {"content_id": entry.get("content_id"),
-                                "frame_hashes": hashes.get(vid)})
+                                "frame_hashes": entry.get("frame_hashes")})
     group_of = near_duplicate_groups(videos, cfg.split.max_hamming, cfg.split.min_matched)
     members: dict[str, list[str]] = defaultdict(list)
     for vid, group in group_of.items():

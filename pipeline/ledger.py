@@ -59,6 +59,9 @@ LEDGER_SCHEMA = pa.schema([
     ("shards", pa.list_(pa.string())),       # files holding its rows, relative to OUT
     ("done_run_id", pa.string()),            # the run that processed it
     ("retry_errors", pa.list_(pa.string())),  # transient task error kinds (not carried)
+    # The sampled frames' difference hashes: a near-duplicate arriving in a later run is
+    # matched against them (the run's _videos/ records are deleted at its commit).
+    ("frame_hashes", pa.list_(pa.int64())),
     ("snapshot_run_id", pa.string()),        # the run whose dataset this row describes
 ])
 

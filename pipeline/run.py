@@ -577,7 +577,7 @@ class _VideoRows:
                  own_rows: dict[str, Counter], own_shards: dict[str, set]):
         self.run, self.listing, self.carried = run, listing, carried
         self.own_rows, self.own_shards = own_rows, own_shards
-        self.records = records.drop_columns(["frame_hashes"])
+        self.records = records
         # Each listed video's record row (null: none was written): 4 bytes per video.
         self.record_of = pc.index_in(_ids(listing), value_set=_ids(records))
 
@@ -640,6 +640,7 @@ class _VideoRows:
             "rows_json": json.dumps(dict(sorted(self.own_rows.get(vid, Counter()).items()))),
             "shards": sorted(self.own_shards.get(vid, ())), "done_run_id": run.run_id,
             "retry_errors": retry_errors(json.loads(rec.get("errors_json") or "[]")),
+            "frame_hashes": rec.get("frame_hashes"),
         }
 
 

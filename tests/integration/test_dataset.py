@@ -115,3 +115,28 @@ def test_reader_filters_by_split_and_difficulty(copies_run):
     assert got == want
     with pytest.raises(ValueError, match="unknown split"):
         RunDataset(str(copies_run), split="dev")
+
+
+def test_a_copy_arriving_in_a_later_nightly_joins_its_originals_group_and_split(tmp_path, clips_dir):
+    # Night 1 processes the original; night 2 (incremental) carries it and processes a
+    # re-encoded copy (other bytes: another content_id). The copy's frames must still be
+    # matched against the carried original's, which night 1's ledger keeps: the _videos/
+    # records that held the hashes are gone once night 1 committed.
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(clips_dir / ORIGINAL, folder / ORIGINAL)
+    thirds = ("--set", "split.train=0.34", "--set", "split.validation=0.33", "--set", "split.test=0.33")
+    common = ("--output", str(out), "--set", "ray.progress_bars=false", *thirds, *PLUMBING_TEMPORAL)
+    assert run_cli(LOCAL_CONFIG, "--input", str(folder), *common) == 0
+    _copy(clips_dir / ORIGINAL, folder / "reencoded.mp4")
+    assert run_cli(LOCAL_CONFIG, "--input", str(folder), "--incremental", *common) == 0
+    rows, manifest, _ = read_run(latest_run(out))
+    assert manifest["counts"]["videos_carried"] == 1
+    split, group = defaultdict(set), defaultdict(set)
+    for r in rows:
+        name = r["video_uri"].rsplit("/", 1)[-1]
+        split[name].add(r["split"])
+        group[name].add(r["content_group"])
+    assert split["reencoded.mp4"], "the copy gave no rows"
+    assert group["reencoded.mp4"] == group[ORIGINAL] and len(group[ORIGINAL]) == 1
+    assert split["reencoded.mp4"] == split[ORIGINAL]
