@@ -48,6 +48,7 @@ MIN_BITS, MAX_BITS = 6, 58
 # Up to this many videos every pair is compared (exact); frames per numpy block (a block is
 # _BLOCK x all frames of 8-byte XORs: 16 MB at 32,000 frames).
 ALL_PAIRS_MAX, _BLOCK = 2000, 64
+LARGE_BUCKET = 4096
 
 
 # --- near-duplicate groups and splits -----------------------------------------------------
@@ -96,13 +97,82 @@ def _matching_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: i
     return [(ids[a], ids[b]) for a, b in zip(*np.nonzero(matched))]
 
 
+def _flat(ids: list[str], hashes: dict[str, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """All usable frame hashes in one uint64 array, and the index in `ids` of each's video."""
+    owner = np.array([i for i, v in enumerate(ids) for _ in hashes[v]], dtype=np.int64)
+    flat = np.array([h for v in ids for h in hashes[v]], dtype=np.uint64)
+    return flat, owner
+
+
+def _video_pairs(ids: list[str], owner: np.ndarray, frame_a: np.ndarray, frame_b: np.ndarray,
+                 min_matched: float) -> list[tuple[str, str]]:
+    """Video pairs (a before b) with max(share(a, b), share(b, a)) >= min_matched, given the
+    frame pairs (frame_a[i], frame_b[i]) known to lie within max_hamming bits."""
+    if not len(frame_a):
+        return []
+    # Directed: a frame of video u matched in video v counts once towards share(u, v).
+    src = np.concatenate([frame_a, frame_b])
+    dst = np.concatenate([owner[frame_b], owner[frame_a]])
+    keep = owner[src] != dst
+    seen = np.unique(src[keep] * len(ids) + dst[keep])          # (frame, other video), once
+    frame, other = seen // len(ids), seen % len(ids)
+    pair = owner[frame] * len(ids) + other
+    pairs, hits = np.unique(pair, return_counts=True)
+    frames = np.bincount(owner, minlength=len(ids))
+    least = {n: next((k for k in range(n + 1) if k / n >= min_matched), n + 1)
+             for n in set(frames.tolist()) if n}
+    need = np.array([least.get(n, 1) for n in frames.tolist()])
+    u, v = pairs // len(ids), pairs % len(ids)
+    ok = hits >= need[u]
+    found = {(min(a, b), max(a, b)) for a, b in zip(u[ok].tolist(), v[ok].tolist())}
+    return [(ids[a], ids[b]) for a, b in sorted(found)]
+
+
+def _banded_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: int,
+                  min_matched: float) -> list[tuple[str, str]]:
+    """_matching_pairs for many videos (an approximation that never over-merges): only
+    frames that share a band (a run of `bits` bits; `64 // bits` bands) are compared, so
+    a frame pair differing in fewer bits than there are bands is always compared, one
+    differing in more usually is. share(a, b) counts only the matches found, so it is at most
+    the exact share: a pair joined here is joined by the exact rule too. The band width grows
+    with the frame count so that a band's bucket holds ~8 frames on average (16 bits up to
+    ~500,000 frames; 21 at 16 million): the comparisons stay ~a few per frame and band.
+    A bucket of more than LARGE_BUCKET frames (one frame hash shared by thousands of videos,
+    e.g. a black or logo frame that passed the flatness filter) is left out of that band."""
+    flat, owner = _flat(ids, hashes)
+    if not len(flat):
+        return []
+    bits = max(16, int(np.ceil(np.log2(max(len(flat), 1) / 8))))
+    found_a, found_b = [], []
+    for k in range(64 // bits):
+        key = (flat >> np.uint64(bits * k)) & np.uint64((1 << bits) - 1)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        sizes = np.diff(np.r_[starts, len(flat)])
+        sizes_each = np.repeat(sizes, sizes)
+        # Members after each one in its bucket; pairs (p, p + t) for t = 1, 2, ... while any.
+        after = np.repeat(starts + sizes, sizes) - np.arange(len(flat)) - 1
+        after[sizes_each > LARGE_BUCKET] = 0
+        t, at = 1, np.flatnonzero(after >= 1)
+        while len(at):
+            a, b = order[at], order[at + t]
+            close = np.bitwise_count(flat[a] ^ flat[b]) <= max_hamming
+            found_a.append(a[close])
+            found_b.append(b[close])
+            t += 1
+            at = at[after[at] >= t]
+    frame_a, frame_b = np.concatenate(found_a), np.concatenate(found_b)
+    return _video_pairs(ids, owner, frame_a, frame_b, min_matched)
+
+
 def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched: float
                           ) -> dict[str, str]:
     """video_id -> group id. `videos`: video_id -> {content_id, frame_hashes}.
 
-    Candidate pairs share a 16-bit band of some frame hash (a pair of frames within
-    max_hamming <= 10 bits of 64 shares at least one of 4 bands when max_hamming < 4, and
-    usually otherwise; to stay exact, up to ALL_PAIRS_MAX videos compare every pair)."""
+    Up to ALL_PAIRS_MAX videos every pair is compared (exact: _matching_pairs); above, only
+    frames sharing a band of their hash (_banded_pairs: never over-merges, may miss a copy
+    whose frames all differ from the original's in many bits)."""
     ids = sorted(videos)
     parent = {v: v for v in ids}
 
@@ -126,23 +196,9 @@ def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched
             else:
                 by_content[cid] = v
     hashes = {v: _usable(videos[v].get("frame_hashes")) for v in ids}
-    if len(ids) <= ALL_PAIRS_MAX:   # every pair, in numpy
-        for a, b in _matching_pairs(ids, hashes, max_hamming, min_matched):
-            union(a, b)
-    else:   # banded candidates: frames close in Hamming distance usually share a band
-        bands: dict[tuple[int, int], set[str]] = defaultdict(set)
-        for v in ids:
-            for h in hashes[v]:
-                for k in range(4):
-                    bands[(k, (h >> (16 * k)) & 0xFFFF)].add(v)
-        pairs = {(a, b) for members in bands.values() if len(members) < 500
-                 for a in members for b in members if a < b}
-        for a, b in sorted(pairs):
-            if find(a) == find(b):
-                continue
-            ha, hb = hashes[a], hashes[b]
-            if max(_matched_share(ha, hb, max_hamming), _matched_share(hb, ha, max_hamming)) >= min_matched:
-                union(a, b)
+    search = _matching_pairs if len(ids) <= ALL_PAIRS_MAX else _banded_pairs
+    for a, b in search(ids, hashes, max_hamming, min_matched):
+        union(a, b)
     # Group id: a digest of the smallest content_id among its members (stable while that
     # member stays, and the same whatever URIs, hence video_ids, the copies were listed at).
     smallest: dict[str, str] = {}

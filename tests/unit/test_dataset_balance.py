@@ -147,3 +147,24 @@ def test_all_pairs_in_numpy_find_the_same_groups_as_comparing_each_pair():
             assert reached == set(members)
         if max_hamming == 10:
             assert 60 <= len(parts) < len(ids)    # copies joined, sources apart
+
+
+def test_many_videos_are_searched_by_bands_without_merging_strangers():
+    # Above ALL_PAIRS_MAX videos only frames sharing a band of their hash are compared: it
+    # must find copies whose frames differ by fewer bits than there are bands, and join
+    # nothing the exact rule would not join.
+    from proxyqa.pipeline import dataset as ds
+
+    rng = random.Random(3)
+    videos = {f"v{i:05d}": {"content_id": None, "frame_hashes": [rng.getrandbits(64) for _ in range(16)]}
+              for i in range(ds.ALL_PAIRS_MAX + 200)}
+    for c in range(40):    # copies: 0-3 bits flipped per frame, some trimmed to half the frames
+        frames = videos[f"v{c:05d}"]["frame_hashes"][: 16 if c % 2 else 8]
+        videos[f"copy{c:02d}"] = {"content_id": None, "frame_hashes": [
+            h ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 3))) for h in frames]}
+    groups = ds.near_duplicate_groups(videos, max_hamming=10, min_matched=0.5)
+    assert all(groups[f"copy{c:02d}"] == groups[f"v{c:05d}"] for c in range(40))
+    assert len(set(groups.values())) == len(videos) - 40          # strangers stay apart
+    ids = sorted(videos)
+    usable = {v: ds._usable(videos[v]["frame_hashes"]) for v in ids}
+    assert set(ds._banded_pairs(ids, usable, 10, 0.5)) <= set(ds._matching_pairs(ids, usable, 10, 0.5))
