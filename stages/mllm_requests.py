@@ -183,8 +183,9 @@ def difference_request(row: dict, ctx: RunContext, min_score: float, min_motion:
     kps, w, h = subject.keypoints, row["width"], row["height"]
     present = [i for i, k in enumerate(kps) if k is not None]
     pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+    poses = {i: posecodes.Pose(kps[i], w, h, min_score) for i in present}   # each frame parsed once
     moving = [(a, b) for a, b in pairs
-              if (posecodes.pose_motion(kps[a], kps[b], w, h, min_score) or 0.0) >= min_motion]
+              if (posecodes.pose_motion(poses[a], poses[b], w, h, min_score) or 0.0) >= min_motion]
     if not moving:
         return None
     a, b = moving[int(rng_for(row, "pose_difference", ctx.seed).integers(len(moving)))]
