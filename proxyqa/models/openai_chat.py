@@ -2,15 +2,17 @@
 retries with backoff, strict JSON replies and a circuit breaker. Knows nothing of tasks:
 the caller gives messages, the JSON schema and the parser of a reply.
 
-Requests go out from one asyncio event loop (`AsyncOpenAI`, one connection pool per server,
-kept alive), as `vllm bench serve` sends them (one aiohttp session). The loop runs in a
-thread of its own, so synchronous callers (`call`, `run`) work from any thread. Threads
-per request were slower on a CPU server: every reply waited for the GIL behind the
-planning threads (bench/mllm.py, docs/performance.md)."""
+Requests go out from one asyncio event loop, one aiohttp session (kept-alive connections)
+per server, as `vllm bench serve` sends them; the body is the OpenAI chat-completions JSON.
+The loop runs in a thread of its own, so synchronous callers (`call`, `run`) work from any
+thread. Why not the `openai` package: on the same requests, server and concurrency, its
+client (sync or AsyncOpenAI, httpx or aiohttp transport) got 0.55-0.8x the requests/s of a
+bare aiohttp session (bench/mllm.py, docs/performance.md)."""
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import threading
 import time
@@ -76,7 +78,7 @@ class EndpointClient:
         self._key = ep.api_key.get_secret_value() if ep.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
         self.base_urls = list(base_urls or [ep.base_url])
         self.cfg = cfg
-        self._clients: list[Any] | None = None   # made on the loop, at its first request
+        self._clients: list[tuple[Any, str]] = []   # (session, URL) per server, made on the loop
         self._turn = itertools.count()
         self._failures = 0
         self._lock = threading.Lock()
@@ -87,6 +89,8 @@ class EndpointClient:
         with self._lock:
             if self._loop is None:
                 self._loop = EventLoopThread()
+                # Sessions are closed on their loop when this client goes (or at exit).
+                self._finalizer = weakref.finalize(self, _close, self._clients, self._loop)
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -95,21 +99,22 @@ class EndpointClient:
 
     def close(self) -> None:
         if self._loop is not None:
-            if self._clients is not None:
-                clients, self._clients = self._clients, None
-                self._loop.run(_close_all(clients))
-            self._loop.close()
+            self._finalizer()
             self._loop = None
 
-    @property
-    def client(self):
-        """The next server's client (called on the loop only)."""
-        if self._clients is None:
-            from openai import AsyncOpenAI
+    def _session(self) -> tuple[Any, str]:
+        """The next server's (session, chat URL), called on the loop only."""
+        if not self._clients:
+            import aiohttp
 
-            # Retries are ours (they also cover invalid JSON), so the client's are off.
-            self._clients = [AsyncOpenAI(base_url=url, api_key=self._key, timeout=self.cfg.endpoint.timeout_s,
-                                         max_retries=0) for url in self.base_urls]
+            # Per phase, like the OpenAI client's timeout: connecting, and each wait for bytes.
+            t = self.cfg.endpoint.timeout_s
+            timeout = aiohttp.ClientTimeout(total=None, connect=t, sock_read=t)
+            headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+            # No connection limit: the caller bounds the requests in flight.
+            self._clients[:] = [(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout,
+                                                    headers=headers),
+                              url.rstrip("/") + "/chat/completions") for url in self.base_urls]
         return self._clients[next(self._turn) % len(self._clients)]
 
     def _structured(self, name: str, schema: dict) -> dict[str, Any]:
@@ -128,9 +133,13 @@ class EndpointClient:
     async def acall(self, messages: list[dict], *, name: str, schema: dict,
                     parse: Callable[[str], dict], sampling: dict[str, Any]) -> tuple[dict, dict]:
         """(parsed reply, usage/latency) or MLLMCallError after the last retry."""
-        import openai
+        import aiohttp
 
         ep = self.cfg.endpoint
+        structured = self._structured(name, schema)
+        body = {"model": ep.model, "messages": messages, **sampling, **structured.get("extra_body", {}),
+                **{k: v for k, v in structured.items() if k != "extra_body"}}
+        data = json.dumps(body).encode()
         last_kind, last_detail = "mllm_error", ""
         for attempt in range(1, ep.max_retries + 2):
             with self._lock:
@@ -139,29 +148,34 @@ class EndpointClient:
                                         "consecutive connection failures", 0)
             start = time.perf_counter()
             try:
-                resp = await self.client.chat.completions.create(
-                    model=ep.model, messages=messages, **sampling, **self._structured(name, schema))
-                text = resp.choices[0].message.content or ""
-                parsed = parse(text)
-                with self._lock:
-                    self._failures = 0
-                usage = resp.usage
-                return parsed, {
-                    "prompt_tokens": usage.prompt_tokens if usage else None,
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                    "latency_s": round(time.perf_counter() - start, 3), "attempts": attempt,
-                    "finish_reason": resp.choices[0].finish_reason,
-                }
-            except openai.APITimeoutError:
+                session, url = self._session()
+                async with session.post(url, data=data) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                if status >= 400:
+                    last_kind, last_detail = f"mllm_http_{status}", _status_message(status, raw)[:200]
+                    if status < 500 and status != 429:
+                        raise MLLMCallError(last_kind, last_detail, attempt)
+                else:
+                    reply = json.loads(raw)
+                    choice = reply["choices"][0]
+                    text = choice["message"].get("content") or ""
+                    parsed = parse(text)
+                    with self._lock:
+                        self._failures = 0
+                    usage = reply.get("usage") or {}
+                    return parsed, {
+                        "prompt_tokens": usage.get("prompt_tokens"),
+                        "completion_tokens": usage.get("completion_tokens"),
+                        "latency_s": round(time.perf_counter() - start, 3), "attempts": attempt,
+                        "finish_reason": choice.get("finish_reason"),
+                    }
+            except asyncio.TimeoutError:        # connect or read (aiohttp's are subclasses)
                 last_kind, last_detail = "mllm_timeout", f"no reply within {ep.timeout_s}s"
-            except openai.APIConnectionError as exc:
+            except aiohttp.ClientError as exc:  # refused, reset, closed mid-reply
                 with self._lock:
                     self._failures += 1
-                last_kind, last_detail = "mllm_unreachable", str(exc)[:200]
-            except openai.APIStatusError as exc:
-                last_kind, last_detail = f"mllm_http_{exc.status_code}", str(exc.message)[:200]
-                if exc.status_code < 500 and exc.status_code != 429:
-                    raise MLLMCallError(last_kind, last_detail, attempt) from None
+                last_kind, last_detail = "mllm_unreachable", f"Connection error: {exc}"[:200]
             except ValueError as exc:   # invalid JSON or schema (pydantic's ValidationError)
                 last_kind, last_detail = "mllm_invalid_output", message_line(exc)[:200]
             if attempt <= ep.max_retries:
@@ -169,6 +183,28 @@ class EndpointClient:
         raise MLLMCallError(last_kind, last_detail, ep.max_retries + 1)
 
 
-async def _close_all(clients: list[Any]) -> None:
-    for c in clients:
-        await c.close()
+def _status_message(status: int, raw: bytes) -> str:
+    """As the OpenAI client words an HTTP error: the code and the body's error message."""
+    msg = f"Error code: {status}"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return msg
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{msg} - {message}" if isinstance(message, str) and message else msg
+
+
+def _close(clients: list[tuple[Any, str]], loop: EventLoopThread) -> None:
+    sessions, clients[:] = [c[0] for c in clients], []
+    if sessions and threading.current_thread() is not loop.thread and loop.loop.is_running():
+        try:
+            loop.run(_close_sessions(sessions))
+        except Exception:  # noqa: BLE001 - closing at exit is best effort
+            pass
+    loop.close()
+
+
+async def _close_sessions(sessions: list[Any]) -> None:
+    for session in sessions:
+        await session.close()
