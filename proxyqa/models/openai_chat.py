@@ -64,7 +64,7 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> Non
 
 
 class EndpointClient:
-    """OpenAI client with bounded retries, backoff, strict JSON and a circuit breaker.
+    """OpenAI-compatible chat client with bounded retries, backoff, strict JSON and a circuit breaker.
 
     `base_urls`: several servers of the same model (engine mode's replicas), called in turn
     request by request; default: `mllm.endpoint.base_url`.
