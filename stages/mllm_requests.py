@@ -119,12 +119,12 @@ def data_url(jpeg: bytes, max_side: int) -> str:
 
 def _jpeg_size(jpeg: bytes) -> Optional[tuple[int, int]]:
     """(width, height) from the JPEG header (Pillow reads only the header), or None."""
-    from PIL import Image
-
     try:
+        from PIL import Image
+
         with Image.open(io.BytesIO(jpeg)) as im:
             return im.size if im.format == "JPEG" else None
-    except Exception:  # noqa: BLE001 - not a readable image: data_url decodes as before
+    except Exception:  # noqa: BLE001 - no Pillow, or not a readable image: data_url decodes as before
         return None
 
 
