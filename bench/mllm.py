@@ -243,12 +243,13 @@ def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: 
     calls: list[dict] = []
     sent: list[dict] = []
     lock = threading.Lock()
-    client_call = stage.client.call
+    client_call = stage.client.acall
 
-    def call(messages, *, name, schema, parse, sampling):
+    async def call(messages, *, name, schema, parse, sampling):
         start = time.perf_counter()
         try:
-            parsed, usage = client_call(messages, name=name, schema=schema, parse=parse, sampling=sampling)
+            parsed, usage = await client_call(messages, name=name, schema=schema, parse=parse,
+                                              sampling=sampling)
         except Exception as exc:
             with lock:
                 calls.append({"ok": False, "latency_s": time.perf_counter() - start,
@@ -263,7 +264,7 @@ def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: 
             sent.append(_recorded(stage.client, name, schema, messages, sampling))
         return parsed, usage
 
-    stage.client.call = call
+    stage.client.acall = call
     stage(to_batch([dict(r) for r in rows[:1]]))          # warm: grammar compile, connections
     calls.clear()
     sent.clear()
@@ -274,6 +275,7 @@ def run_stage(args: argparse.Namespace, server: Server, concurrency: int, rows: 
     srv = server_delta(server, before, c.wall)
     if record is not None:
         record.write_text("".join(json.dumps(x) + "\n" for x in sent))
+    stage.client.close()
     ok = [x for x in calls if x["ok"]]
     lat = sorted(x["latency_s"] for x in ok) or [0.0]
     return {"concurrency": concurrency, "videos": len(rows), "requests": len(calls),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxyqa.core.errors import StageError, message_line, one_line  # noqa: F401 - stages use them from here
@@ -51,16 +52,38 @@ class RowStage:
         start = time.perf_counter()
         try:
             row = self.process(row)
-            if row.get("status") is None:
-                row["status"] = "ok"
-        except StageError as exc:
-            row["status"], row["reason"] = _failed_status(exc.kind), f"{self.name}: {exc}"
         except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
-            last = traceback.extract_tb(exc.__traceback__)[-1]
-            detail = f"{exc.__class__.__name__}: {str(exc)[:300]} ({last.name}:{last.lineno})"
-            row["status"], row["reason"] = "failed", f"{self.name}: error: {detail}"
-        _add_time(row, self.name, time.perf_counter() - start)
-        return row
+            _record_failure(row, self.name, exc)
+        return _done(row, self.name, start)
+
+    async def arun_row(self, row: dict[str, Any],
+                       aprocess: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """`run_row` for a stage whose rows are processed by a coroutine (same failures, same
+        time: from the row's start to its end)."""
+        if row.get("status") not in (None, "ok"):
+            return row
+        start = time.perf_counter()
+        try:
+            row = await aprocess(row)
+        except Exception as exc:  # noqa: BLE001 - one bad video must not end the run
+            _record_failure(row, self.name, exc)
+        return _done(row, self.name, start)
+
+
+def _record_failure(row: dict[str, Any], stage: str, exc: Exception) -> None:
+    if isinstance(exc, StageError):
+        row["status"], row["reason"] = _failed_status(exc.kind), f"{stage}: {exc}"
+        return
+    last = traceback.extract_tb(exc.__traceback__)[-1]
+    detail = f"{exc.__class__.__name__}: {str(exc)[:300]} ({last.name}:{last.lineno})"
+    row["status"], row["reason"] = "failed", f"{stage}: error: {detail}"
+
+
+def _done(row: dict[str, Any], stage: str, start: float) -> dict[str, Any]:
+    if row.get("status") is None:
+        row["status"] = "ok"
+    _add_time(row, stage, time.perf_counter() - start)
+    return row
 
 
 def add_error(row: dict[str, Any], task: str, kind: str, detail: str, **extra: Any) -> None:

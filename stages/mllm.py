@@ -7,8 +7,9 @@ under that name. Every MLLM task goes through this one stage, so all of them sha
 same servers."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from proxyqa.core.config import MLLMConfig
@@ -20,6 +21,14 @@ from proxyqa.stages.sampling import RunContext
 
 # A task asked from another's reply waits for it; the others of a video go out at once.
 AFTER = {"synthesized_qa": "pose_description"}
+
+
+@dataclass
+class _BatchState:
+    """What the videos of one batch share: the request slots and the encoded images."""
+
+    slots: asyncio.Semaphore
+    images: dict = field(default_factory=dict)   # (jpeg, max side) -> data URL, once per batch
 
 
 class MLLMStage(RowStage):
@@ -43,18 +52,25 @@ class MLLMStage(RowStage):
 
     def __call__(self, batch: Batch) -> Batch:
         rows = to_rows(batch)
-        # Requests, not videos, are bounded: all videos of the batch start at once and a
-        # pool of `concurrency` threads sends their requests, so the server keeps
-        # `concurrency` requests of this worker until the batch's last few. (One thread per
-        # video with each video's calls in turn kept fewer in flight: 0.56x `vllm bench
-        # serve` on the same requests, bench/mllm.py.)
-        with ThreadPoolExecutor(max_workers=self.cfg.endpoint.concurrency) as requests, \
-                ThreadPoolExecutor(max_workers=max(1, len(rows))) as videos:
-            self._requests = requests
-            try:
-                return to_batch(list(videos.map(self.run_row, rows)))
-            finally:
-                self._requests = None
+        if not self.planner.tasks:
+            return to_batch([self.run_row(r) for r in rows])
+        # The whole batch is one coroutine on the client's event loop (an injected client
+        # without one, e.g. a test's, gets a loop here and its `call` runs in threads).
+        coro = self._batch(rows)
+        run = getattr(self.client, "run", None)
+        return to_batch(run(coro) if run is not None else asyncio.run(coro))
+
+    async def _batch(self, rows: list[dict]) -> list[dict]:
+        # Requests, not videos, are bounded: all videos of the batch start at once and
+        # `concurrency` slots send their requests, so the server keeps `concurrency`
+        # requests of this worker until the batch's last few. A slot is held only while a
+        # request is at the server (bodies are built before), and the replies are read by
+        # one event loop, not by threads that wait for the GIL behind the planning.
+        state = _BatchState(asyncio.Semaphore(self.cfg.endpoint.concurrency))
+        return list(await asyncio.gather(*(self._run_row(r, state) for r in rows)))
+
+    async def _run_row(self, row: dict, state: _BatchState) -> dict:
+        return await self.arun_row(row, lambda r: self._aprocess(r, state))
 
     def ask(self, req: Request) -> dict:
         try:
@@ -65,21 +81,46 @@ class MLLMStage(RowStage):
             return reply_record(error=(exc.kind, exc.detail, exc.attempts))
         return reply_record(parsed, usage)
 
+    async def _aask(self, req: Request, state: _BatchState) -> dict:
+        messages = req.messages(self.cfg.image_max_side, state.images)
+        kwargs = dict(name=req.task, schema=json_schema(req.task),
+                      parse=lambda text: parse_reply(req.task, text), sampling=sampling_params(self.cfg))
+        acall = getattr(self.client, "acall", None)
+        try:
+            async with state.slots:
+                if acall is not None:
+                    parsed, usage = await acall(messages, **kwargs)
+                else:
+                    parsed, usage = await asyncio.to_thread(self.client.call, messages, **kwargs)
+        except MLLMCallError as exc:
+            return reply_record(error=(exc.kind, exc.detail, exc.attempts))
+        return reply_record(parsed, usage)
+
     def process(self, row: dict) -> dict:
+        """One video, outside a batch: its calls one after another."""
         if not self.planner.tasks:
             return row
         replies: dict[str, dict] = {}
-        pending: dict[str, Future] = {}
+        memo: dict = {}
+        for task in self.planner.calls:    # in order: a task's prerequisite comes first
+            step = self.planner.plan(row, task, replies, memo)
+            replies[task] = ({"skip": [step.kind, step.detail]} if isinstance(step, Skip)
+                             else self.ask(step))
+        return self.planner.finish(row, replies, self.mode, memo)
+
+    async def _aprocess(self, row: dict, state: _BatchState) -> dict:
+        replies: dict[str, dict] = {}
+        pending: dict[str, asyncio.Task] = {}
+        memo: dict = {}                    # the video's requests, planned once
         for task in self.planner.calls:    # in order: a task's prerequisite comes first
             if task in AFTER and AFTER[task] in pending:
-                replies[AFTER[task]] = pending.pop(AFTER[task]).result()
-            step = self.planner.plan(row, task, replies)
+                replies[AFTER[task]] = await pending.pop(AFTER[task])
+            step = self.planner.plan(row, task, replies, memo)
             if isinstance(step, Skip):
                 replies[task] = {"skip": [step.kind, step.detail]}
-            elif getattr(self, "_requests", None) is not None:
-                pending[task] = self._requests.submit(self.ask, step)
-            else:                          # process() called directly, outside a batch
-                replies[task] = self.ask(step)
-        for task, future in pending.items():
-            replies[task] = future.result()
-        return self.planner.finish(row, replies, self.mode)
+            else:
+                pending[task] = asyncio.ensure_future(self._aask(step, state))
+                await asyncio.sleep(0)     # let it start: the first requests go out at once
+        for task, fut in pending.items():
+            replies[task] = await fut
+        return self.planner.finish(row, replies, self.mode, memo)

@@ -49,8 +49,13 @@ class MLLMPlanner:
         self.calls = [t for t in MLLM_TASKS
                       if t in self.tasks or (t == "pose_description" and "synthesized_qa" in self.tasks)]
 
-    def plan(self, row: dict, task: str, replies: dict[str, dict]) -> Step:
-        desc = description_request(row, self.ctx, self.min_score, draft=self.cfg.rule_draft)
+    def plan(self, row: dict, task: str, replies: dict[str, dict], memo: dict | None = None) -> Step:
+        """`memo`: a dict kept for one video across its plan() and finish() calls, so its
+        requests (frames, geometry) are built once; the same result without it."""
+        memo = {} if memo is None else memo
+        if "desc" not in memo:
+            memo["desc"] = description_request(row, self.ctx, self.min_score, draft=self.cfg.rule_draft)
+        desc = memo["desc"]
         if desc is None:
             return Skip("no_subject", "no tracked person to describe")
         if task in ("pose_description", "pose_difference") and _rule_written(row, task) and not (
@@ -59,14 +64,16 @@ class MLLMPlanner:
         if task == "pose_description":
             return desc
         if task == "pose_difference":
-            diff = difference_request(row, self.ctx, self.min_score, self.cfg.min_pose_motion)
+            if "diff" not in memo:
+                memo["diff"] = difference_request(row, self.ctx, self.min_score, self.cfg.min_pose_motion)
+            diff = memo["diff"]
             return diff or Skip("no_motion", "no frame pair with enough pose motion")
         parsed = replies.get("pose_description", {}).get("parsed")
         if parsed is None:
             return Skip("depends_on_failed", "pose_description failed")
         return qa_request(row, parsed, desc, self.cfg.questions_per_video)
 
-    def finish(self, row: dict, replies: dict[str, dict], mode: str) -> dict:
+    def finish(self, row: dict, replies: dict[str, dict], mode: str, memo: dict | None = None) -> dict:
         """Appends the verified rows of every reply to row["samples"], and one error per task
         that was skipped or failed. With on_verify_fail=drop, contradicted rows are left out
         and counted as `verify_failed_dropped`."""
@@ -86,7 +93,7 @@ class MLLMPlanner:
                 continue
             if not wanted or _rule_written(row, task):   # asked only for synthesized_qa's sake
                 continue
-            req = self.plan(row, task, replies)
+            req = self.plan(row, task, replies, memo)
             assert isinstance(req, Request), (task, req)
             generator = generator_info(self.cfg, mode, req, reply["usage"])
             made = rows_from_reply(row, req, reply["parsed"], generator, self.ctx, self.min_score)

@@ -7,6 +7,7 @@ run for a video; both ways of reaching the model use it.
 from __future__ import annotations
 
 import base64
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -84,15 +85,29 @@ class Request:
     positions: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def messages(self, image_max_side: int) -> list[dict]:
-        content: list[dict] = [{"type": "image_url", "image_url": {"url": data_url(img, image_max_side)}}
+    def messages(self, image_max_side: int, cache: Optional[dict] = None) -> list[dict]:
+        """`cache`: (jpeg, max side) -> data URL, shared by requests that send the same
+        frames (a video's description and QA requests), so each is encoded once."""
+        content: list[dict] = [{"type": "image_url", "image_url": {"url": _cached_url(img, image_max_side, cache)}}
                                for img in self.images]
         content.append({"type": "text", "text": self.prompt})
         return [{"role": "user", "content": content}]
 
 
+def _cached_url(jpeg: bytes, max_side: int, cache: Optional[dict]) -> str:
+    if cache is None:
+        return data_url(jpeg, max_side)
+    key = (jpeg, max_side)          # bytes hash once per object; a hit is mostly by identity
+    if key not in cache:
+        cache[key] = data_url(jpeg, max_side)
+    return cache[key]
+
+
 def data_url(jpeg: bytes, max_side: int) -> str:
     """base64 JPEG data URL, downscaled so the longer side <= max_side."""
+    size = _jpeg_size(jpeg)
+    if size is not None and max(size) <= max_side:   # sent as it is: no need to decode it
+        return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is not None and max(img.shape[:2]) > max_side:
         scale = max_side / max(img.shape[:2])
@@ -100,6 +115,17 @@ def data_url(jpeg: bytes, max_side: int) -> str:
                          interpolation=cv2.INTER_AREA)
         jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def _jpeg_size(jpeg: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) from the JPEG header (Pillow reads only the header), or None."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(jpeg)) as im:
+            return im.size if im.format == "JPEG" else None
+    except Exception:  # noqa: BLE001 - no Pillow, or not a readable image: data_url decodes as before
+        return None
 
 
 # ---- choosing frames and writing prompts -------------------------------------------------
@@ -157,8 +183,9 @@ def difference_request(row: dict, ctx: RunContext, min_score: float, min_motion:
     kps, w, h = subject.keypoints, row["width"], row["height"]
     present = [i for i, k in enumerate(kps) if k is not None]
     pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+    poses = {i: posecodes.Pose(kps[i], w, h, min_score) for i in present}   # each frame parsed once
     moving = [(a, b) for a, b in pairs
-              if (posecodes.pose_motion(kps[a], kps[b], w, h, min_score) or 0.0) >= min_motion]
+              if (posecodes.pose_motion(poses[a], poses[b], w, h, min_score) or 0.0) >= min_motion]
     if not moving:
         return None
     a, b = moving[int(rng_for(row, "pose_difference", ctx.seed).integers(len(moving)))]
