@@ -178,6 +178,8 @@ class EndpointClient:
                 last_kind, last_detail = "mllm_unreachable", f"Connection error: {exc}"[:200]
             except ValueError as exc:   # invalid JSON or schema (pydantic's ValidationError)
                 last_kind, last_detail = "mllm_invalid_output", message_line(exc)[:200]
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:   # JSON, not a chat reply
+                last_kind, last_detail = "mllm_invalid_output", f"not a chat completion: {message_line(exc)}"[:200]
             if attempt <= ep.max_retries:
                 await asyncio.sleep(ep.backoff_s * 2 ** (attempt - 1))
         raise MLLMCallError(last_kind, last_detail, ep.max_retries + 1)
