@@ -26,7 +26,6 @@ import json
 import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -62,7 +61,8 @@ def _usable(hashes: Iterable[int] | None) -> list[int]:
 
 
 def _matched_share(a: list[int], b: list[int], max_hamming: int) -> float:
-    """Share of a's frames with a frame of b within max_hamming bits."""
+    """Share of a's frames with a frame of b within max_hamming bits: the rule's definition,
+    pair by pair (the searches below compute it in numpy; tests compare them with it)."""
     if not a or not b:
         return 0.0
     hits = sum(1 for x in a if any(_popcount(x ^ y) <= max_hamming for y in b))
@@ -74,12 +74,11 @@ def _matching_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: i
     """Every pair (a, b), a before b in `ids`, with max(share(a, b), share(b, a)) >=
     min_matched (_matched_share), computed for all pairs at once: XOR and popcount over
     blocks of frames against all frames, then per (frame, video) whether any frame of that
-    video is close. The same pairs as calling _matched_share on each (2,000 videos: ~1 s,
-    against a minute in Python)."""
-    owner = np.array([i for i, v in enumerate(ids) for _ in hashes[v]], dtype=np.int64)
-    if not len(owner):
+    video is close. The same pairs as calling _matched_share on each (2,000 videos: ~4 s on
+    2 cores, against a minute in Python)."""
+    flat, owner = _flat(ids, hashes)
+    if not len(flat):
         return []
-    flat = np.array([h for v in ids for h in hashes[v]], dtype=np.uint64)
     with_frames = np.unique(owner)                      # videos with usable frames, in order
     starts = np.searchsorted(owner, with_frames)        # their first column (owner is sorted)
     hits = np.zeros((len(ids), len(ids)), np.int32)     # a's frames close to some frame of b
@@ -87,12 +86,8 @@ def _matching_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: i
         close = np.bitwise_count(flat[lo:lo + _BLOCK, None] ^ flat[None, :]) <= max_hamming
         per_video = np.logical_or.reduceat(close, starts, axis=1)
         np.add.at(hits, (owner[lo:lo + _BLOCK, None], with_frames[None, :]), per_video)
-    # share(a, b) = hits / frames(a) >= m  <=>  hits >= the least k with k / frames(a) >= m
-    # (found by the same float test, so no rounding differs): no matrix of fractions.
-    frames = np.bincount(owner, minlength=len(ids))
-    least = {n: next((k for k in range(n + 1) if k / n >= min_matched), n + 1) for n in set(frames.tolist()) if n}
-    need = np.array([least.get(n, 1) for n in frames.tolist()])   # no frames: never matched
-    matched = (hits >= need[:, None]) & (hits > 0)
+    need = _least_hits(owner, len(ids), min_matched)
+    matched = hits >= need[:, None]
     matched = np.triu(matched | matched.T, k=1)
     return [(ids[a], ids[b]) for a, b in zip(*np.nonzero(matched))]
 
@@ -102,6 +97,17 @@ def _flat(ids: list[str], hashes: dict[str, list[int]]) -> tuple[np.ndarray, np.
     owner = np.array([i for i, v in enumerate(ids) for _ in hashes[v]], dtype=np.int64)
     flat = np.array([h for v in ids for h in hashes[v]], dtype=np.uint64)
     return flat, owner
+
+
+def _least_hits(owner: np.ndarray, videos: int, min_matched: float) -> np.ndarray:
+    """Per video, the least number of its frames matched in another video for share >=
+    min_matched: share(a, b) = hits / frames(a) >= m  <=>  hits >= the least k with
+    k / frames(a) >= m, found by that same float test (no rounding differs, no matrix of
+    fractions). A video without usable frames needs 1 and never gets it."""
+    frames = np.bincount(owner, minlength=videos)
+    least = {n: next((k for k in range(n + 1) if k / n >= min_matched), n + 1)
+             for n in set(frames.tolist()) if n}
+    return np.array([least.get(n, 1) for n in frames.tolist()])
 
 
 def _video_pairs(ids: list[str], owner: np.ndarray, frame_a: np.ndarray, frame_b: np.ndarray,
@@ -118,10 +124,7 @@ def _video_pairs(ids: list[str], owner: np.ndarray, frame_a: np.ndarray, frame_b
     frame, other = seen // len(ids), seen % len(ids)
     pair = owner[frame] * len(ids) + other
     pairs, hits = np.unique(pair, return_counts=True)
-    frames = np.bincount(owner, minlength=len(ids))
-    least = {n: next((k for k in range(n + 1) if k / n >= min_matched), n + 1)
-             for n in set(frames.tolist()) if n}
-    need = np.array([least.get(n, 1) for n in frames.tolist()])
+    need = _least_hits(owner, len(ids), min_matched)
     u, v = pairs // len(ids), pairs % len(ids)
     ok = hits >= need[u]
     found = {(min(a, b), max(a, b)) for a, b in zip(u[ok].tolist(), v[ok].tolist())}
@@ -263,22 +266,17 @@ class DatasetPlan:
 
 def plan_dataset(run, cfg: Config, records: dict[str, dict],
                  own_sources: dict[str, list[tuple[str, list[str]]]], carried_shards: list[dict],
-                 carried: dict[str, dict], mapper) -> DatasetPlan:
+                 carried: dict[str, dict], mapper, on_threads) -> DatasetPlan:
     """Steps 1-3 of the module doc, before any row is written. `records`: this run's video
     records by video_id; `own_sources`: task -> (staged path, video_ids whose rows are kept);
     `carried`: the ledger entries of carried videos (after commit dropped re-processed
-    contents). Reads only light columns (no images): of the staged files through `mapper`,
-    of the carried shards on the driver's threads."""
+    contents). Reads only light columns (no images): of the staged files through `mapper`
+    (Ray tasks on a cluster), of the carried shards through `on_threads` (the driver's)."""
     root = run.root
 
     # 1. Groups and splits. Carried shards one file per call: each file's split is read off
     # its rows.
     read = partial(read_rows, run.output, cfg.s3)
-    threads = max(1, cfg.write.commit_parallelism)
-
-    def on_threads(fn, items: list) -> list:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(fn, items))
     carried_tables = on_threads(read, [
         ([(posixpath.join(root, s["key"]), None)], ["video_id", "split", "content_group"])
         for s in carried_shards])

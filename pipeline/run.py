@@ -465,7 +465,8 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     own_sources: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
     for rel in sorted(kept):
         own_sources[shard_task(rel)].append((run.p(rel), sorted(kept[rel])))
-    dataset = plan_dataset(run, cfg, active, own_sources, carried_shards, carried, mapper)
+    dataset = plan_dataset(run, cfg, active, own_sources, carried_shards, carried, mapper,
+                           thread_mapper(threads))
     own_shards, own_rows, own_shard_keys = _compact_own_shards(
         run, cfg, kept, dataset, mapper, {s["key"] for s in carried_shards})
     carried_shards, dataset_counts = finish_dataset(run, dataset, own_shards, carried_shards)

@@ -54,11 +54,13 @@ class MLLMStage(RowStage):
         rows = to_rows(batch)
         if not self.planner.tasks:
             return to_batch([self.run_row(r) for r in rows])
-        # The whole batch is one coroutine on the client's event loop (an injected client
-        # without one, e.g. a test's, gets a loop here and its `call` runs in threads).
-        coro = self._batch(rows)
+        return to_batch(self._run(self._batch(rows)))
+
+    def _run(self, coro):
+        """`coro` on the client's event loop (an injected client without one, e.g. a test's,
+        gets a loop here and its `call` runs in threads)."""
         run = getattr(self.client, "run", None)
-        return to_batch(run(coro) if run is not None else asyncio.run(coro))
+        return run(coro) if run is not None else asyncio.run(coro)
 
     async def _batch(self, rows: list[dict]) -> list[dict]:
         # Requests, not videos, are bounded: all videos of the batch start at once and
@@ -71,15 +73,6 @@ class MLLMStage(RowStage):
 
     async def _run_row(self, row: dict, state: _BatchState) -> dict:
         return await self.arun_row(row, lambda r: self._aprocess(r, state))
-
-    def ask(self, req: Request) -> dict:
-        try:
-            parsed, usage = self.client.call(
-                req.messages(self.cfg.image_max_side), name=req.task, schema=json_schema(req.task),
-                parse=lambda text: parse_reply(req.task, text), sampling=sampling_params(self.cfg))
-        except MLLMCallError as exc:
-            return reply_record(error=(exc.kind, exc.detail, exc.attempts))
-        return reply_record(parsed, usage)
 
     async def _aask(self, req: Request, state: _BatchState) -> dict:
         messages = req.messages(self.cfg.image_max_side, state.images)
@@ -97,16 +90,11 @@ class MLLMStage(RowStage):
         return reply_record(parsed, usage)
 
     def process(self, row: dict) -> dict:
-        """One video, outside a batch: its calls one after another."""
+        """One video outside a batch (RowStage's form): a batch of one."""
         if not self.planner.tasks:
             return row
-        replies: dict[str, dict] = {}
-        memo: dict = {}
-        for task in self.planner.calls:    # in order: a task's prerequisite comes first
-            step = self.planner.plan(row, task, replies, memo)
-            replies[task] = ({"skip": [step.kind, step.detail]} if isinstance(step, Skip)
-                             else self.ask(step))
-        return self.planner.finish(row, replies, self.mode, memo)
+        state = _BatchState(asyncio.Semaphore(self.cfg.endpoint.concurrency))
+        return self._run(self._aprocess(row, state))
 
     async def _aprocess(self, row: dict, state: _BatchState) -> dict:
         replies: dict[str, dict] = {}
