@@ -104,7 +104,7 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
                                               checks.confirm_score)
             kps[~ok, 2] = 0.0
             if not sides_ok:
-                flags[pos] = "flip test: left/right not confirmed by the mirrored frame"
+                flags[pos] = chk.FLIP_UNCONFIRMED
                 continue
         if checks.plausibility:
             why = chk.implausible(kps, aspect, min_score)
@@ -134,7 +134,7 @@ def check_subject(mine: Sequence[Person | None], people: Sequence[Sequence[Perso
                    for i, p in enumerate(mine)]
         for pos, flipped in enumerate(chk.side_flips(orients, timestamps)):
             if flipped:
-                flags[pos] = "left/right flip against the rest of the track"
+                flags[pos] = chk.TRACK_SIDE_FLIP
     return flags, counts
 
 

@@ -54,6 +54,19 @@ MAX_LEG_ASYMMETRY = 2.2        # longer / shorter of the same leg bone, left vs 
 MIN_TORSO_TO_SHOULDERS = 0.7   # torso length / shoulder width of an upright torso
 UPRIGHT_LEAN = 45.0            # degrees: a torso this close to vertical is upright
 
+# Flags that say only that a viewer (or the mirrored run) cannot tell the left limbs from the
+# right: the skeleton is still the subject's and in place, so a left/right-blind measure
+# (`pose_change`, the temporal tasks' guard) may use the frame. A side-on walker is flagged
+# by these in most frames, and is the clearest one-way motion there is.
+FLIP_UNCONFIRMED = "flip test: left/right not confirmed by the mirrored frame"
+TRACK_SIDE_FLIP = "left/right flip against the rest of the track"
+SIDES_UNCLEAR = "sides unclear: "   # the prefix of every `sides_unclear` reason
+
+
+def sides_only(flag: Optional[str]) -> bool:
+    """Whether a frame's pose-check flag concerns only which side is which (or is None)."""
+    return flag is None or flag in (FLIP_UNCONFIRMED, TRACK_SIDE_FLIP) or flag.startswith(SIDES_UNCLEAR)
+
 
 def mirror_back(person: Person) -> np.ndarray:
     """Keypoints found on the mirrored frame, in the frame's coordinates and the person's sides."""
@@ -308,7 +321,7 @@ def sides_unclear(kps: np.ndarray, aspect: float, min_score: float,
         mid_hip = (px[J["left_hip"]] + px[J["right_hip"]]) / 2
         lean = _angle_from_up(mid_sh - mid_hip)
         if max_lean < lean <= 180.0 - UPRIGHT_LEAN:   # inverted torsos are `implausible`'s
-            return f"torso leans {lean:.0f} degrees: left and right limbs not told apart"
+            return f"{SIDES_UNCLEAR}torso leans {lean:.0f} degrees: left and right limbs not told apart"
     if not ok("left_hip", "right_hip"):
         return None
     hips = px[J["left_hip"], 0] - px[J["right_hip"], 0]
@@ -316,7 +329,7 @@ def sides_unclear(kps: np.ndarray, aspect: float, min_score: float,
         if ok(f"left_{joint}", f"right_{joint}"):
             apart = px[J[f"left_{joint}"], 0] - px[J[f"right_{joint}"], 0]
             if abs(hips) >= CROSS_MARGIN * scale and apart * np.sign(hips) < -CROSS_MARGIN * scale:
-                return f"legs crossed at the {joint}s"
+                return f"{SIDES_UNCLEAR}legs crossed at the {joint}s"
     return None
 
 
@@ -462,12 +475,34 @@ def partial_body(box: Sequence[float], detections: Sequence[Sequence[float]]) ->
     return False
 
 
+# Shoulder-to-ankle over torso length for an upright body is ~2.6 (torso, thigh, shin); 2.0
+# makes the stand-in torso longer than the real one, so motion measured with it is smaller.
+SHOULDER_ANKLE_PER_TORSO = 2.0
+
+
+def body_scale(kps: np.ndarray, aspect: float, min_score: float) -> Optional[float]:
+    """A torso length for motion: the shoulder-hip length, or, where the flip test dropped
+    both hips (side-on walkers: the hips are the joints the mirrored run places differently),
+    shoulder-to-ankle / SHOULDER_ANKLE_PER_TORSO. None without either."""
+    torso = torso_length(kps, aspect, min_score)
+    if torso is not None:
+        return torso
+    px = _px(kps, aspect)
+    sh = [J[f"{s}_shoulder"] for s in ("left", "right") if kps[J[f"{s}_shoulder"], 2] >= min_score]
+    an = [J[f"{s}_ankle"] for s in ("left", "right") if kps[J[f"{s}_ankle"], 2] >= min_score]
+    if not sh or not an:
+        return None
+    length = float(np.linalg.norm(px[sh].mean(axis=0) - px[an].mean(axis=0))) / SHOULDER_ANKLE_PER_TORSO
+    return length if length > 1e-6 else None
+
+
 def pose_change(kps_a: np.ndarray, kps_b: np.ndarray, aspect: float, min_score: float,
                 min_joints: int = 5) -> Optional[float]:
-    """Mean joint displacement between two skeletons in torso lengths, the smaller of the
-    same-side and the left/right-exchanged reading (a mirrored frame is not motion).
-    None when either has no torso or fewer than `min_joints` joints are confident in both."""
-    sa, sb = torso_length(kps_a, aspect, min_score), torso_length(kps_b, aspect, min_score)
+    """Mean joint displacement between two skeletons in torso lengths (`body_scale`), the
+    smaller of the same-side and the left/right-exchanged reading (a mirrored frame is not
+    motion). None when either has no body scale or fewer than `min_joints` joints are
+    confident in both."""
+    sa, sb = body_scale(kps_a, aspect, min_score), body_scale(kps_b, aspect, min_score)
     if sa is None or sb is None:
         return None
     a, b = _px(kps_a, aspect), _px(kps_b, aspect)

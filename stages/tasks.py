@@ -51,8 +51,10 @@ def _temporal_order(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:
     skip, guard = _pose_guard(stage, row, stage.cfg.temporal_order.require_subject)
     if skip:
         return []
+    subject = tasks_spatial.subject_of(row) if guard is not None else None
     return tasks_temporal.temporal_order(row, stage.cfg.temporal_order, stage.ctx, thumbs,
-                                         pose_motion=guard)
+                                         pose_motion=guard,
+                                         subject_boxes=subject.boxes if subject else None)
 
 
 def _temporal_direction(stage: BuildTasksStage, row: dict, thumbs) -> list[dict]:

@@ -21,14 +21,16 @@ def row_pose_motion(min_score: float):
     """The temporal guard: (row, pos_a, pos_b) -> subject pose change (torso lengths) or None.
 
     Mirror-invariant (`pose_checks.pose_change`: a left/right swap is not motion) and None
-    unless the subject passed the pose checks in both frames."""
+    unless the subject passed the pose checks in both frames, save those that only doubt
+    which side is which (`pose_checks.sides_only`): they do not touch a left/right-blind
+    measure, and they flag a side-on walker, the clearest one-way motion, in most frames."""
     cache: dict[int, tuple[Optional[Subject], set[int]]] = {}
 
     def motion(row: dict, pos_a: int, pos_b: int) -> Optional[float]:
         if id(row) not in cache:
             subject = subject_of(row)
             cache.clear()
-            cache[id(row)] = (subject, set(subject.usable_frames()) if subject else set())
+            cache[id(row)] = (subject, set(_motion_frames(subject)) if subject else set())
         subject, usable = cache[id(row)]
         if subject is None or pos_a not in usable or pos_b not in usable:
             return None
@@ -36,6 +38,11 @@ def row_pose_motion(min_score: float):
         return chk.pose_change(np.asarray(ka, float), np.asarray(kb, float),
                                int(row["width"]) / int(row["height"]), min_score)
     return motion
+
+
+def _motion_frames(subject: Subject) -> list[int]:
+    flags = subject.flags
+    return [p for p in subject.frames() if p >= len(flags) or chk.sides_only(flags[p])]
 
 
 def same_facing(kps_a, kps_b, aspect: float, min_score: float) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional
 
 import cv2
@@ -17,6 +17,9 @@ from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
 PoseMotion = Callable[[dict, int, int], Optional[float]]
 
 MAX_CANDIDATES = 4000   # frame sets looked at per video: all of them at 16 frames, k = 4
+MIN_REGION_PX = 4       # a subject region smaller than this (thumbnail pixels) is not compared alone
+REGION_PAD = 0.1        # of the region's size on every side: the limbs' reach beyond the joints
+Box = tuple[float, float, float, float]
 
 
 def grey_thumbs(frames_jpeg: list[bytes], side: int = 64) -> np.ndarray:
@@ -28,9 +31,32 @@ def grey_thumbs(frames_jpeg: list[bytes], side: int = 64) -> np.ndarray:
     return np.stack(thumbs).astype(np.float32)
 
 
-def frame_diff(thumbs: np.ndarray, a: int, b: int) -> float:
-    """Mean absolute grey-level difference (0-255) between two sampled frames."""
-    return float(np.abs(thumbs[a] - thumbs[b]).mean())
+def frame_diff(thumbs: np.ndarray, a: int, b: int, region: Optional[Box] = None) -> float:
+    """Mean absolute grey-level difference (0-255) between two sampled frames, over
+    `region` (normalised x0, y0, x1, y1) when given, else the whole frame."""
+    da, db = thumbs[a], thumbs[b]
+    if region is not None:
+        side_y, side_x = da.shape
+        x0, x1 = int(region[0] * side_x), int(np.ceil(region[2] * side_x))
+        y0, y1 = int(region[1] * side_y), int(np.ceil(region[3] * side_y))
+        if x1 - x0 >= MIN_REGION_PX and y1 - y0 >= MIN_REGION_PX:
+            da, db = da[y0:y1, x0:x1], db[y0:y1, x0:x1]
+    return float(np.abs(da - db).mean())
+
+
+def subject_region(boxes: Optional[Sequence[Optional[Box]]], a: int, b: int,
+                   pad: float = REGION_PAD) -> Optional[Box]:
+    """The union of the subject's boxes in frames a and b, padded: where a viewer looks for
+    the change. A walker in a wide static shot changes a few percent of the frame, under
+    any whole-frame threshold that still rejects a still camera's noise; None when a box
+    is missing (then the whole frame is compared)."""
+    if boxes is None or max(a, b) >= len(boxes) or boxes[a] is None or boxes[b] is None:
+        return None
+    ba, bb = boxes[a], boxes[b]
+    x0, y0 = min(ba[0], bb[0]), min(ba[1], bb[1])
+    x1, y1 = max(ba[2], bb[2]), max(ba[3], bb[3])
+    px, py = pad * (x1 - x0), pad * (y1 - y0)
+    return (max(0.0, x0 - px), max(0.0, y0 - py), min(1.0, x1 + px), min(1.0, y1 + py))
 
 
 def _distinct_in_time(row: dict, chosen: list[int]) -> bool:
@@ -88,7 +114,11 @@ def _cached(pose_motion: PoseMotion) -> PoseMotion:
 
 
 def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
-                   thumbs: np.ndarray, pose_motion: PoseMotion | None = None) -> list[dict]:
+                   thumbs: np.ndarray, pose_motion: PoseMotion | None = None,
+                   subject_boxes: Optional[Sequence[Optional[Box]]] = None) -> list[dict]:
+    """Up to `samples_per_video` k-frame order questions. With pose output, `pose_motion`
+    decides determinability (`one_way`) and the frame difference is measured over the
+    subject's boxes (`subject_region`)."""
     n, k = len(row["frames_jpeg"]), cfg.frames
     if n < k or cfg.samples_per_video == 0:
         return []
@@ -102,7 +132,7 @@ def temporal_order(row: dict, cfg: TemporalOrderConfig, ctx: RunContext,
         if not _distinct_in_time(row, chosen):
             continue
         pairs = list(zip(chosen, chosen[1:]))
-        diff = min(frame_diff(thumbs, a, b) for a, b in pairs)
+        diff = min(frame_diff(thumbs, a, b, subject_region(subject_boxes, a, b)) for a, b in pairs)
         if diff < cfg.min_frame_diff:
             continue
         if not _spaced(row, chosen, cfg.min_gap_s, cfg.min_span_s):

@@ -211,7 +211,8 @@ class TemporalOrderConfig(Strict):
     min_frame_diff: float = Field(
         3.0,
         description="Mean absolute grey-level difference (0-255) required between frames "
-        "adjacent in time; closer frames cannot be told apart.",
+        "adjacent in time; closer frames cannot be told apart. With pose output it is measured "
+        "over the subject's boxes (a walker in a wide static shot changes a few percent of the frame).",
     )
     min_pose_motion: float = Field(
         0.5,

@@ -105,6 +105,31 @@ def test_pose_change_ignores_a_left_right_swap():
     assert chk.pose_change(kps, raised, 1.0, 0.5) > 0.1
 
 
+def test_pose_change_of_a_walker_whose_hips_the_flip_test_dropped_uses_shoulder_to_ankle():
+    kps, moved = standing(x0=0.3), standing(x0=0.6)
+    for k in (kps, moved):
+        k[[chk.J["left_hip"], chk.J["right_hip"]], 2] = 0.0   # zeroed by the flip test
+    assert chk.torso_length(kps, 1.0, 0.5) is None
+    change = chk.pose_change(kps, moved, 1.0, 0.5)
+    # shoulder-to-ankle 0.61 / 2.0 = 0.305 stands in for the torso (0.25): 0.3 / 0.305
+    assert change is not None and 0.9 < change < 1.0
+    assert change < 0.3 / chk.torso_length(standing(), 1.0, 0.5)   # never more than with a torso
+    no_ankles = kps.copy()
+    no_ankles[[chk.J["left_ankle"], chk.J["right_ankle"]], 2] = 0.0
+    assert chk.pose_change(no_ankles, moved, 1.0, 0.5) is None   # no scale: no motion claimed
+
+
+def test_only_side_doubts_leave_a_frame_to_the_motion_measure():
+    assert chk.sides_only(None)
+    assert chk.sides_only(chk.FLIP_UNCONFIRMED) and chk.sides_only(chk.TRACK_SIDE_FLIP)
+    crossed = standing()
+    crossed[[15, 16], 0] = crossed[[16, 15], 0]
+    assert chk.sides_only(chk.sides_unclear(crossed, 1.0, 0.5))
+    for flag in ("overlaps another person", "inverted torso: shoulders below the hips",
+                 "a person next to the subject is missing: hidden behind or merged into it"):
+        assert not chk.sides_only(flag)
+
+
 def test_one_way_rejects_a_pose_that_returns():
     # pose_motion stand-in: poses on a line; position p of frame k is path[k].
     def motion(path):
@@ -134,7 +159,7 @@ def test_sides_unclear_on_a_body_bent_far_over_or_with_crossed_legs():
     assert chk.sides_unclear(_bent(upright, 60), 1.0, 0.5, max_lean=65) is None
     crossed = upright.copy()
     crossed[[15, 16], 0] = crossed[[16, 15], 0]          # ankles swap sides: legs crossed
-    assert chk.sides_unclear(crossed, 1.0, 0.5) == "legs crossed at the ankles"
+    assert chk.sides_unclear(crossed, 1.0, 0.5) == chk.SIDES_UNCLEAR + "legs crossed at the ankles"
     barely = upright.copy()
     barely[15, 0], barely[16, 0] = 0.5, 0.5               # ankles together: not crossed
     assert chk.sides_unclear(barely, 1.0, 0.5) is None

@@ -8,7 +8,13 @@ from proxyqa.core.config import TasksConfig, TemporalDirectionConfig, TemporalOr
 from proxyqa.core.schema import SAMPLE_SCHEMA
 from proxyqa.stages.sampling import RunContext
 from proxyqa.stages.tasks import BuildTasksStage
-from proxyqa.stages.tasks_temporal import grey_thumbs, temporal_direction, temporal_order
+from proxyqa.stages.tasks_temporal import (
+    frame_diff,
+    grey_thumbs,
+    subject_region,
+    temporal_direction,
+    temporal_order,
+)
 
 CTX = RunContext(run_id="r", config_hash="h", seed=0)
 
@@ -116,3 +122,40 @@ def test_order_candidates_cover_every_frame_set_when_there_are_few():
     assert every[:5] != [[0, 1, 2, 3], [0, 1, 2, 4], [0, 1, 2, 5], [0, 1, 2, 6], [0, 1, 2, 7]]
     many = list(_candidates(64, 4, np.random.default_rng(0)))   # 635376 sets: a sample
     assert 0 < len(many) <= MAX_CANDIDATES and len({tuple(c) for c in many}) == len(many)
+
+
+def test_frame_difference_over_the_subject_region_sees_a_small_walker():
+    # A static wide shot with a small figure moving: under the whole-frame threshold,
+    # clearly over it where the figure is.
+    def frame(x: int) -> bytes:
+        img = np.full((256, 256, 3), 120, np.uint8)
+        cv2.rectangle(img, (x, 100), (x + 8, 140), (200, 200, 200), -1)
+        return cv2.imencode(".jpg", img)[1].tobytes()
+    thumbs = grey_thumbs([frame(100), frame(118)])
+    boxes = [[100 / 256, 100 / 256, 108 / 256, 140 / 256], [118 / 256, 100 / 256, 126 / 256, 140 / 256]]
+    region = subject_region(boxes, 0, 1)
+    assert region[0] < boxes[0][0] and region[2] > boxes[1][2]     # union of both, padded
+    assert frame_diff(thumbs, 0, 1) < TemporalOrderConfig().min_frame_diff
+    assert frame_diff(thumbs, 0, 1, region) > 3 * TemporalOrderConfig().min_frame_diff
+    assert subject_region([boxes[0], None], 0, 1) is None          # whole frame then
+
+
+def test_the_temporal_guard_uses_frames_flagged_only_for_unclear_sides():
+    from proxyqa.core.people import Subject
+    from proxyqa.stages import pose_checks as chk
+    from proxyqa.stages.tasks_motion import row_pose_motion
+    from tests.unit.test_pose_checks import standing
+
+    kps = [standing(x0=x).tolist() for x in (0.2, 0.5, 0.8)]
+    boxes = [[x - 0.1, 0.1, x + 0.1, 0.9] for x in (0.2, 0.5, 0.8)]
+
+    def motion(flags):
+        subject = Subject(track_id=1, rule="r", boxes=boxes, keypoints=kps, present=1.0, flags=flags)
+        row = {"subject_json": subject.to_json(), "width": 100, "height": 100}
+        guard = row_pose_motion(0.5)
+        return guard(row, 0, 1), guard(row, 1, 2)
+
+    side_on = motion([chk.FLIP_UNCONFIRMED, chk.SIDES_UNCLEAR + "legs crossed at the knees", None])
+    assert all(m is not None and m > 1.0 for m in side_on)      # a walker: 0.3 / 0.25 torso
+    merged = motion([None, "overlaps another person", None])
+    assert merged == (None, None)                               # never across a doubtful skeleton
