@@ -26,6 +26,13 @@ Incremental semantics (`proxyqa run --incremental`):
   The manifest's `depends_on_runs` lists the earlier runs whose folders it reads; keep
   those when deleting old runs.
 - One run at a time per output (the nightly CronJob forbids overlap).
+
+On the driver the base snapshot and the carried entries stay Arrow tables (a nightly
+carries nearly every video: a dict per entry was ~3 KB a video, ~3 GB at a million):
+repeated strings (config_hash, status, done_run_id, shard keys) are dictionary-encoded,
+eligibility and content groups are Arrow filters, which videos a shard holds comes from
+numpy over the (entry, shard) pairs, and the carried entries reach the new snapshot as
+Arrow columns.
 """
 from __future__ import annotations
 
@@ -162,7 +169,7 @@ def read_base_table(fs, root: str, run_id: str) -> pa.Table:
     keys = {c: _Keys() for c in (*_REPEATED, "shards")}
     parts: dict[str, list[pa.Array]] = {c: [] for c in BASE_COLUMNS}
     offsets: list[pa.Array] = []
-    for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=have):
+    for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=have, use_threads=False):
         n = batch.num_rows
         for f in LEDGER_SCHEMA:
             name = f.name
