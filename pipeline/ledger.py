@@ -48,8 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from proxyqa.core.layout import LATEST, LEDGER_DIR, MANIFEST, run_key, task_dir, task_of_key
-from proxyqa.core.storage import fresh, fs_is_s3, read_parquet, write_bytes_atomic
-from proxyqa.stages.write import digest, parquet_bytes, parquet_from_chunks
+from proxyqa.core.storage import AtomicWriter, fresh, fs_is_s3, read_parquet, write_bytes_atomic
+from proxyqa.stages.write import digest, parquet_bytes, write_chunks
 
 CARRIED_STATUSES = ("ok", "skipped")
 # Task error kinds that a later run may not meet again: the video is processed again.
@@ -75,7 +75,7 @@ LEDGER_SCHEMA = pa.schema([
 BASE_COLUMNS = [f.name for f in LEDGER_SCHEMA if f.name != "snapshot_run_id"]
 # Strings repeated across many videos, held dictionary-encoded (4 bytes a video; shards too).
 _REPEATED = ("config_hash", "status", "done_run_id")
-_READ_BATCH = 65536   # snapshot rows decoded at a time (bounds the plain-string transient)
+_READ_BATCH = 16384   # snapshot rows decoded at a time (bounds the plain-string transient)
 # Ledger entries as plain columns (what report and snapshot rows are made of).
 ENTRY_SCHEMA = pa.schema([LEDGER_SCHEMA.field(c) for c in BASE_COLUMNS])
 
@@ -122,7 +122,8 @@ def write_snapshot(fs, root: str, run_id: str, chunks: Iterable[pa.Table]) -> st
     parquet_from_chunks)."""
     tables = (as_ledger(chunk, run_id) for chunk in chunks)
     key = snapshot_key(run_id)
-    write_bytes_atomic(fs, posixpath.join(root, key), parquet_from_chunks(tables, LEDGER_SCHEMA))
+    with AtomicWriter(fs, posixpath.join(root, key)) as fh:   # streamed: not held whole
+        write_chunks(fh, tables, LEDGER_SCHEMA)
     return key
 
 
@@ -150,10 +151,11 @@ class _Keys:
 
 
 def read_base_table(fs, root: str, run_id: str) -> pa.Table:
-    """Run `run_id`'s snapshot as one Arrow table of BASE_COLUMNS, read a batch at a time,
-    with the strings repeated across videos dictionary-encoded (one dictionary per column):
-    config_hash, status, done_run_id and the shard keys (a shard holds the rows of hundreds
-    of videos; a video names one shard per task). A column an older snapshot lacks is null."""
+    """Run `run_id`'s snapshot as an Arrow table of BASE_COLUMNS, read a batch at a time
+    and kept in those chunks (no concatenated copy), with the strings repeated across
+    videos dictionary-encoded, one dictionary per column for all chunks: config_hash,
+    status, done_run_id and the shard keys (a shard holds the rows of hundreds of videos; a
+    video names one shard per task). A column an older snapshot lacks is null."""
     path = posixpath.join(root, snapshot_key(run_id))
     if fs_is_s3(fs):   # bytes Arrow owns (see read_parquet); a local file Arrow reads itself
         with fs.open(path, "rb") as fh:
@@ -167,52 +169,39 @@ def read_base_table(fs, root: str, run_id: str) -> pa.Table:
     pf = pq.ParquetFile(source)
     have = [c for c in BASE_COLUMNS if c in pf.schema_arrow.names]
     keys = {c: _Keys() for c in (*_REPEATED, "shards")}
-    parts: dict[str, list[pa.Array]] = {c: [] for c in BASE_COLUMNS}
-    offsets: list[pa.Array] = []
+    parts: dict[str, list[Any]] = {c: [] for c in BASE_COLUMNS}
     for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=have, use_threads=False):
         n = batch.num_rows
-        for f in LEDGER_SCHEMA:
-            name = f.name
-            if name not in parts:
-                continue
-            col = batch.column(name).cast(f.type) if name in have else pa.nulls(n, f.type)
-            if name in _REPEATED:
-                col = keys[name].encode(col)
-            elif name == "shards":    # kept apart: its lists are rebuilt below
-                offsets.append(col)
-                col = keys[name].encode(pc.list_flatten(col))
-            parts[name].append(col)
-    arrays = []
-    for f in LEDGER_SCHEMA:
-        name = f.name
-        if name not in parts:
-            continue
-        if name in _REPEATED:
-            arrays.append(pa.DictionaryArray.from_arrays(_concat(parts[name], pa.int32()),
-                                                          keys[name].dictionary()))
-        elif name == "shards":
-            values = pa.DictionaryArray.from_arrays(_concat(parts[name], pa.int32()),
-                                                    keys[name].dictionary())
-            arrays.append(_relist(offsets, values))
+        for f in ENTRY_SCHEMA:
+            col = batch.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type)
+            if f.name in _REPEATED:
+                col = keys[f.name].encode(col)
+            elif f.name == "shards":    # (lengths, encoded keys): made lists once all are known
+                size = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
+                col = (size.astype(np.int32), keys[f.name].encode(pc.list_flatten(col)))
+            parts[f.name].append(col)
+    columns = []
+    for f in ENTRY_SCHEMA:
+        if f.name in _REPEATED:   # the indices stay valid: a dictionary only grows
+            dictionary = keys[f.name].dictionary()
+            chunks = [pa.DictionaryArray.from_arrays(ix, dictionary) for ix in parts[f.name]]
+            columns.append(pa.chunked_array(chunks, pa.dictionary(pa.int32(), pa.string())))
+        elif f.name == "shards":
+            dictionary = keys[f.name].dictionary()
+            chunks = [_relist(size, pa.DictionaryArray.from_arrays(ix, dictionary))
+                      for size, ix in parts[f.name]]
+            columns.append(pa.chunked_array(chunks, pa.list_(pa.dictionary(pa.int32(), pa.string()))))
         else:
-            arrays.append(_concat(parts[name], f.type))
-        parts[name] = []
-    return pa.Table.from_arrays(arrays, names=BASE_COLUMNS)
+            columns.append(pa.chunked_array(parts[f.name], f.type))
+        parts[f.name] = []
+    return pa.Table.from_arrays(columns, names=BASE_COLUMNS)
 
 
-def _concat(arrays: list[pa.Array], type_: pa.DataType) -> pa.Array:
-    return pa.concat_arrays(arrays) if arrays else pa.array([], type_)
-
-
-def _relist(lists: list[pa.Array], values: pa.Array) -> pa.Array:
-    """Lists shaped like `lists` (one ListArray per batch, in order) over the concatenation
-    of their flattened values (`values`), nulls kept."""
-    sizes = [pc.fill_null(pc.list_value_length(a), 0).to_numpy(zero_copy_only=False) for a in lists]
-    lengths = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+def _relist(lengths: np.ndarray, values: pa.Array) -> pa.Array:
+    """Lists of `lengths` (-1: a null list) over `values`, in order."""
+    nulls = lengths < 0
     offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    nulls = (np.concatenate([a.is_null().to_numpy(zero_copy_only=False) for a in lists])
-             if lists else np.zeros(0, bool))
+    np.cumsum(np.where(nulls, 0, lengths), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values,
                                     mask=pa.array(nulls) if nulls.any() else None)
 
@@ -263,14 +252,28 @@ def existing_shards(fs, root: str, keys: Iterable[str]) -> set[str]:
 
 def _flat_shards(table: pa.Table) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     """The (entry, shard key) pairs of `table`'s shards column: (row of each pair, the key's
-    position in the keys array, the keys array). Plain or dictionary-encoded lists."""
-    lists = table["shards"].combine_chunks() if table.num_rows else pa.array([], LEDGER_SCHEMA.field("shards").type)
-    parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(lists)
-    if pa.types.is_dictionary(flat.type):
-        return parent, flat.indices.to_numpy(zero_copy_only=False).astype(np.int64), flat.dictionary
+    position in the keys array, the keys array), chunk by chunk (no combined copy).
+    Dictionary-encoded lists (one dictionary for all chunks, as read_base_table makes them)
+    or plain ones."""
+    parents, positions, row = [], [], 0
+    dictionary = None
+    for chunk in table["shards"].chunks:
+        parents.append(pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False).astype(np.int64) + row)
+        positions.append(pc.list_flatten(chunk))
+        row += len(chunk)
+    parent = np.concatenate(parents) if parents else np.zeros(0, np.int64)
+    if positions and pa.types.is_dictionary(positions[0].type):
+        dictionary = positions[0].dictionary
+        if any(not (p.dictionary is dictionary or p.dictionary.equals(dictionary)) for p in positions):
+            raise ValueError("shards: chunks with different dictionaries")
+        index = np.concatenate([p.indices.to_numpy(zero_copy_only=False).astype(np.int64) for p in positions])
+        return parent, index, dictionary
+    flat = pa.chunked_array(positions, pa.string()) if positions else pa.chunked_array([], pa.string())
     keys = pc.unique(flat)
-    return parent, pc.index_in(flat, value_set=keys).to_numpy(zero_copy_only=False).astype(np.int64), keys
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    index = pc.index_in(flat, value_set=keys).to_numpy()
+    return parent, np.asarray(index, np.int64), keys
 
 
 def _per_row(n: int, rows: np.ndarray) -> np.ndarray:
@@ -282,9 +285,9 @@ def _mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def plan_carry(base: Base, listed_ids: pa.Array, config_hash: str, present: set[str]) -> pa.Table:
-    """The base entries of listed videos that need no processing (see module doc), as rows of
-    base.entries in its order. `listed_ids`: the video_ids listed without a listing error.
+def carry_mask(base: Base, listed_ids: pa.Array, config_hash: str, present: set[str]) -> np.ndarray:
+    """Which base entries are listed videos that need no processing (see module doc): one
+    bool per row of base.entries. `listed_ids`: the video_ids listed without a listing error.
     Arrow filters and numpy over the (entry, shard) pairs: no Python object per video."""
     e = base.entries
     n = e.num_rows
@@ -300,7 +303,28 @@ def plan_carry(base: Base, listed_ids: pa.Array, config_hash: str, present: set[
     blocking = has_content & _mask(pc.equal(e["status"].cast(pa.string()), "ok")) & ~eligible
     blocked = pc.unique(e["content_id"].filter(pa.array(blocking)))
     eligible &= ~(has_content & _mask(pc.is_in(e["content_id"], value_set=blocked)))
-    return e.filter(pa.array(eligible))
+    return eligible
+
+
+def plan_carry(base: Base, listed_ids: pa.Array, config_hash: str, present: set[str]) -> pa.Table:
+    """The base entries of listed videos that need no processing (carry_mask), as rows of
+    base.entries in its order."""
+    return base.entries.filter(pa.array(carry_mask(base, listed_ids, config_hash, present)))
+
+
+def take_carried(base: Base, mask: np.ndarray) -> pa.Table:
+    """The rows of base.entries where `mask`, taken out of `base` a column at a time: once
+    taken, base.entries keeps only what carry_shards needs of every entry (video_id and
+    shards), so the carried entries are never held twice in full."""
+    keep = pa.array(mask)
+    columns, slim = [], {}
+    for name in BASE_COLUMNS:
+        columns.append(base.entries[name].filter(keep))
+        if name in ("video_id", "shards"):
+            slim[name] = base.entries[name]
+        base.entries = base.entries.drop_columns([name])
+    base.entries = pa.table(slim)
+    return pa.Table.from_arrays(columns, names=BASE_COLUMNS)
 
 
 def carry_shards(fs, root: str, run_id: str, base: Base, carried: pa.Table, drop: pa.Array,
@@ -355,6 +379,8 @@ def _moved(carried: pa.Table, dropped: np.ndarray, moved: dict[str, str]) -> pa.
     n = carried.num_rows
     parent, key, keys = _flat_shards(carried)
     names = keys.to_pylist()
+    if not moved and not dropped.any() and carried["shards"].null_count == 0 and _sorted_sets(parent, key, names):
+        return carried   # (the nightly with nothing new: every list already as it would be)
     new_names = list(dict.fromkeys([moved.get(k, k) for k in names]))
     where = {k: i for i, k in enumerate(new_names)}
     remap = np.array([where[moved.get(k, k)] for k in names], np.int64)
@@ -374,6 +400,14 @@ def _moved(carried: pa.Table, dropped: np.ndarray, moved: dict[str, str]) -> pa.
     rows_json = pc.if_else(pa.array(dropped), pa.scalar("{}"), carried["rows_json"])
     out = carried.set_column(carried.schema.get_field_index("shards"), "shards", shards)
     return out.set_column(out.schema.get_field_index("rows_json"), "rows_json", rows_json)
+
+
+def _sorted_sets(parent: np.ndarray, key: np.ndarray, names: list[str]) -> bool:
+    """Whether every entry's keys are in ascending order without repeats."""
+    rank = np.empty(len(names), np.int64)
+    rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names))
+    same_entry = parent[1:] == parent[:-1]
+    return bool(np.all(~same_entry | (rank[key[1:]] > rank[key[:-1]])))
 
 
 def _stats(fs, root: str, key: str) -> dict[str, Any]:

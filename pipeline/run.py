@@ -61,15 +61,16 @@ from proxyqa.pipeline.dataset import DatasetPlan, finish_dataset, plan_dataset, 
 from proxyqa.pipeline.ledger import (
     ENTRY_SCHEMA,
     Base,
+    carry_mask,
     carry_shards,
     empty_entries,
     existing_shards,
     load_base,
     plain_entries,
-    plan_carry,
     retry_errors,
     shard_run_id,
     shard_task,
+    take_carried,
     write_snapshot,
 )
 from proxyqa.pipeline.memory import release_freed_memory
@@ -268,12 +269,11 @@ def plan_run(run: Run, videos: pa.Table | list[dict], incremental: bool, threads
     if base is not None:
         listed_ids = _ids(listing.filter(pc.is_null(listing["status"])))
         present = existing_shards(run.fs, run.root, base.shard_keys())
-        carried = plan_carry(base, listed_ids, run.config_hash, present)
-        if len(done):
-            carried = carried.filter(pc.invert(pc.is_in(carried["video_id"], value_set=done)))
-        carried = carried.combine_chunks()
-        # The commit needs only which videos each shard holds of the rest of the snapshot.
-        base.entries = base.entries.select(["video_id", "shards"])
+        mask = carry_mask(base, listed_ids, run.config_hash, present)
+        if len(done):   # finished by an earlier attempt of this run: its own record counts
+            mask &= ~pc.is_in(base.entries["video_id"], value_set=done).to_numpy(zero_copy_only=False)
+        # Of the rest of the snapshot the commit needs only which videos each shard holds.
+        carried = take_carried(base, mask)
         release_freed_memory()
     skip = pa.concat_arrays([done, _ids(carried)])
     todo = listing if len(skip) == 0 else listing.filter(
