@@ -317,9 +317,10 @@ def take_carried(base: Base, mask: np.ndarray) -> pa.Table:
     taken, base.entries keeps only what carry_shards needs of every entry (video_id and
     shards), so the carried entries are never held twice in full."""
     keep = pa.array(mask)
+    whole = bool(mask.all())   # (the nightly with nothing new: the columns as they are)
     columns, slim = [], {}
     for name in BASE_COLUMNS:
-        columns.append(base.entries[name].filter(keep))
+        columns.append(base.entries[name] if whole else base.entries[name].filter(keep))
         if name in ("video_id", "shards"):
             slim[name] = base.entries[name]
         base.entries = base.entries.drop_columns([name])
