@@ -6,8 +6,9 @@ Each size runs in a fresh process: a synthetic base run (its ledger snapshot, ma
 `latest`) of N videos, then `plan_run` and `commit` of an incremental run over the same N
 videos in that process (every video carried, so no Ray starts, as in a real nightly with
 nothing new), the process RSS sampled every 20 ms. Uses only `open_run`, `plan_run`,
-`commit` and `LEDGER_SCHEMA`, so the same script measures another checkout's code (run it
-with that checkout's Python, e.g. `/work/main/.venv/bin/python bench/nightly_memory.py`).
+`commit` and `LEDGER_SCHEMA`, so the same script measures another checkout's code: run it
+with the Python of a venv where that checkout is installed (the measured child process
+imports `proxyqa` from its venv), e.g. `/work/main/.venv/bin/python bench/nightly_memory.py`.
 
 - `skipped`: entries like `scale_orchestration.py --nightly`'s (status skipped, no rows).
 - `ok`: entries with rows: a content_id, 16 frame hashes, rows per task, 8 shard keys (one
@@ -25,10 +26,11 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-import common  # noqa: F401  (first: environment)
-from common import REPO, table, write_json
-
+# The measured child imports only proxyqa (not bench/common.py, whose torch import alone is
+# ~450 MiB of RSS), so the line's a is the pipeline's own; the parent prints the results.
+REPO = Path(__file__).resolve().parents[1]
 BASE_RUN = "20260101T000000000Z-aaaaaaaa"
 VIDEOS_PER_SHARD, TASKS, FRAMES = 250, 8, 16
 
@@ -142,6 +144,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.kind)))
         return
+    import common  # noqa: F401  (environment)
+    from common import table, write_json
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         done = subprocess.run([sys.executable, __file__, "--one", str(n), "--kind", args.kind],
