@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+from proxyqa.core.storage import read_parquet
 from proxyqa.pipeline import ledger
 from proxyqa.pipeline.ledger import (
     ENTRY_SCHEMA,
@@ -120,7 +121,7 @@ def test_carry_shards_references_whole_shards_copies_shared_ones(tmp_path, monke
     for task, vids in (("u", ["v2", "v3"]), ("v", ["v6"])):   # v4 not carried; v5 dropped
         key = by_task[task]["key"]
         assert key.startswith(f"runs/{new_run}/data/{task}/carried-")
-        rows = pq.read_table(tmp_path / key).to_pylist()
+        rows = read_parquet(str(tmp_path / key)).to_pylist()
         assert sorted({r["video_id"] for r in rows}) == vids and by_task[task]["rows"] == len(rows)
     got = {e["video_id"]: e for e in plain_entries(out).to_pylist()}
     assert got["v1"]["shards"] == [whole]
