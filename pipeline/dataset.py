@@ -169,13 +169,15 @@ def _banded_pairs(ids: list[str], hashes: dict[str, list[int]], max_hamming: int
     return _video_pairs(ids, owner, frame_a, frame_b, min_matched)
 
 
-def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched: float
-                          ) -> dict[str, str]:
+def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched: float,
+                          population: int | None = None) -> dict[str, str]:
     """video_id -> group id. `videos`: video_id -> {content_id, frame_hashes}.
 
     Up to ALL_PAIRS_MAX videos every pair is compared (exact: _matching_pairs); above, only
     frames sharing a band of their hash (_banded_pairs: never over-merges, may miss a copy
-    whose frames all differ from the original's in many bits)."""
+    whose frames all differ from the original's in many bits). `population`: the videos
+    being grouped, when `videos` leaves out some that can only be alone in their group (no
+    content_id, no usable frame): the search is chosen by it, as if they were given."""
     ids = sorted(videos)
     parent = {v: v for v in ids}
 
@@ -199,7 +201,7 @@ def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched
             else:
                 by_content[cid] = v
     hashes = {v: _usable(videos[v].get("frame_hashes")) for v in ids}
-    search = _matching_pairs if len(ids) <= ALL_PAIRS_MAX else _banded_pairs
+    search = _matching_pairs if (population or len(ids)) <= ALL_PAIRS_MAX else _banded_pairs
     for a, b in search(ids, hashes, max_hamming, min_matched):
         union(a, b)
     # Group id: a digest of the smallest content_id among its members (stable while that
@@ -209,7 +211,12 @@ def near_duplicate_groups(videos: dict[str, dict], max_hamming: int, min_matched
         root = find(v)
         name = videos[v].get("content_id") or v
         smallest[root] = min(smallest.get(root, name), name)
-    return {v: hashlib.sha256(smallest[find(v)].encode()).hexdigest()[:16] for v in ids}
+    return {v: group_name(smallest[find(v)]) for v in ids}
+
+
+def group_name(name: str) -> str:
+    """A group's id from the smallest content_id (else video_id) among its members."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def split_for_group(group: str, cfg) -> str:
@@ -257,8 +264,10 @@ def _read_all(read, mapper, sources: list[tuple[str, list[str] | None]], columns
 class DatasetPlan:
     """What commit's compaction applies while it writes the per-split files."""
 
-    split_of: dict[str, str]            # video_id -> split (this run's and carried videos)
-    group_of: dict[str, str]            # video_id -> content_group
+    # video_id -> split / content_group: this run's videos and the carried ones grouped with
+    # them (not carried videos alone in their group: compaction looks up only its own).
+    split_of: dict[str, str]
+    group_of: dict[str, str]
     dropped: dict[tuple[str, str], list[str]]   # (video_id, task) -> sample_ids left out
     counts: dict[str, Any]              # groups, split conflicts, duplicates, balancing
     carried_split: dict[str, str]       # carried shard key -> the split of its rows
@@ -266,11 +275,11 @@ class DatasetPlan:
 
 def plan_dataset(run, cfg: Config, records: dict[str, dict],
                  own_sources: dict[str, list[tuple[str, list[str]]]], carried_shards: list[dict],
-                 carried: dict[str, dict], mapper, on_threads) -> DatasetPlan:
+                 carried: pa.Table, mapper, on_threads) -> DatasetPlan:
     """Steps 1-3 of the module doc, before any row is written. `records`: this run's video
     records by video_id; `own_sources`: task -> (staged path, video_ids whose rows are kept);
     `carried`: the ledger entries of carried videos (after commit dropped re-processed
-    contents). Reads only light columns (no images): of the staged files through `mapper`
+    contents; an Arrow table of ledger.BASE_COLUMNS). Reads only light columns (no images): of the staged files through `mapper`
     (Ray tasks on a cluster), of the carried shards through `on_threads` (the driver's)."""
     root = run.root
 
@@ -297,15 +306,27 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
     videos: dict[str, dict] = {
         vid: {"content_id": rec.get("content_id"), "frame_hashes": rec.get("frame_hashes")}
         for vid, rec in records.items() if rec.get("status") == "ok"}
-    for vid, entry in carried.items():   # hashes from the ledger (None in older snapshots)
-        videos.setdefault(vid, {"content_id": entry.get("content_id"),
-                                "frame_hashes": entry.get("frame_hashes")})
-    group_of = near_duplicate_groups(videos, cfg.split.max_hamming, cfg.split.min_matched)
+    # Carried videos that can only be a group of their own (no content_id, no usable frame
+    # hash, no carried rows: e.g. skipped ones) are counted, not held: a nightly carries
+    # nearly every video, and a dict per video is what bounded its driver memory.
+    alone = _alone(carried, set(videos) | set(carried_split) | set(carried_group))
+    for vid, entry in zip(carried["video_id"].filter(pa.array(~alone)).to_pylist(),
+                          carried.select(["content_id", "frame_hashes"]).filter(pa.array(~alone)).to_pylist()):
+        videos.setdefault(vid, entry)   # hashes from the ledger (None in older snapshots)
+    group_of = near_duplicate_groups(videos, cfg.split.max_hamming, cfg.split.min_matched,
+                                     population=len(videos) + int(alone.sum()))
     members: dict[str, list[str]] = defaultdict(list)
     for vid, group in group_of.items():
         members[group].append(vid)
     split_of: dict[str, str] = {}
     name_of: dict[str, str] = {}
+    # Groups per split, each split keyed by the smallest video_id of a group in it (the
+    # order in which the counts met the splits when every video was grouped here).
+    groups_by_split: Counter = Counter()
+    first_of_split: dict[str, str] = {}
+    for split, first, n in _alone_splits(carried["video_id"].filter(pa.array(alone)), cfg):
+        groups_by_split[split] += n
+        first_of_split[split] = min(first_of_split.get(split, first), first)
     conflicts = 0
     for group, vids in members.items():
         fixed = Counter()
@@ -320,6 +341,8 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
         for vid in vids:
             split_of[vid] = split
             name_of[vid] = names[0] if names else group
+        groups_by_split[split] += 1
+        first_of_split[split] = min(first_of_split.get(split, vids[0]), vids[0])
 
     # 2-3. Same-video duplicates and balancing, over this run's rows and the carried ones,
     # one task at a time: a task's drops depend on its rows alone, so the driver holds one
@@ -340,13 +363,45 @@ def plan_dataset(run, cfg: Config, records: dict[str, dict],
                 dropped[(vid, task)].append(sid)
         del own, carried_rows
     counts = {
-        "content_groups": len(members),
-        "groups_by_split": dict(Counter(split_of[vids[0]] for vids in members.values())),
+        "content_groups": sum(groups_by_split.values()),
+        "groups_by_split": {s: groups_by_split[s] for s in sorted(first_of_split, key=first_of_split.get)},
         "split_conflicts": conflicts,
         "duplicates_dropped": {t: n for t, n in sorted(duplicates.items()) if n},
         "balanced_away": {t: n for t, n in sorted(balanced.items()) if n},
     }
     return DatasetPlan(split_of, name_of, dict(dropped), counts, shard_split)
+
+
+def _alone(carried: pa.Table, grouped: set[str]) -> np.ndarray:
+    """Which carried entries can only be alone in their near-duplicate group: no content_id,
+    no usable frame hash (_usable) and not among `grouped` (videos with records or carried
+    rows)."""
+    n = carried.num_rows
+    no_content = pc.fill_null(pc.equal(carried["content_id"], ""), True).to_numpy(zero_copy_only=False)
+    hashes = carried["frame_hashes"].combine_chunks() if n else pa.array([], pa.list_(pa.int64()))
+    flat = pc.list_flatten(hashes).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+    bits = np.bitwise_count(flat)
+    usable = (bits >= MIN_BITS) & (bits <= MAX_BITS)
+    parent = pc.list_parent_indices(hashes).to_numpy(zero_copy_only=False).astype(np.int64)
+    has_usable = np.bincount(parent[usable], minlength=n)[:n] > 0
+    known = pc.is_in(carried["video_id"], value_set=pa.array(sorted(grouped), pa.string()))
+    return no_content.astype(bool) & ~has_usable & ~pc.fill_null(known, False).to_numpy(zero_copy_only=False)
+
+
+def _alone_splits(ids: pa.ChunkedArray | pa.Array, cfg: Config, chunk: int = 65536,
+                  ) -> Iterable[tuple[str, str, int]]:
+    """(split, smallest video_id, videos) of the one-video groups of `ids`, per split, a
+    chunk of ids at a time: each is its own group, named after its video_id."""
+    first: dict[str, str] = {}
+    count: Counter = Counter()
+    for batch in (ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]):
+        for start in range(0, len(batch), chunk):
+            for vid in batch.slice(start, chunk).to_pylist():
+                split = split_for_group(group_name(vid), cfg.split)
+                count[split] += 1
+                if split not in first or vid < first[split]:
+                    first[split] = vid
+    return [(s, first[s], count[s]) for s in count]
 
 
 def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str], int, int]:

@@ -59,14 +59,18 @@ from proxyqa.core.storage import (
 )
 from proxyqa.pipeline.dataset import DatasetPlan, finish_dataset, plan_dataset, remove_stale_shards
 from proxyqa.pipeline.ledger import (
+    ENTRY_SCHEMA,
     Base,
+    carry_mask,
     carry_shards,
+    empty_entries,
     existing_shards,
     load_base,
-    plan_carry,
+    plain_entries,
     retry_errors,
     shard_run_id,
     shard_task,
+    take_carried,
     write_snapshot,
 )
 from proxyqa.pipeline.memory import release_freed_memory
@@ -247,7 +251,7 @@ class Plan:
 
     todo: pa.Table                 # listing rows to process (LISTING_SCHEMA)
     done: pa.Array                 # video_ids finished by an earlier attempt of this run
-    carried: dict[str, dict]       # video_id -> ledger entry of the base run
+    carried: pa.Table              # ledger entries of the base run (ledger.BASE_COLUMNS)
     base: Base | None
     incremental: bool
 
@@ -261,14 +265,17 @@ def plan_run(run: Run, videos: pa.Table | list[dict], incremental: bool, threads
         have = _ids(read_video_records(run, threads))
         done = have.filter(pc.is_in(have, value_set=_ids(listing)))
     base = load_base(run.fs, run.root) if incremental else None
-    carried: dict[str, dict] = {}
+    carried = empty_entries()
     if base is not None:
-        keys = {k for e in base.entries.values() for k in e["shards"] or []}
-        listed_ids = set(_ids(listing.filter(pc.is_null(listing["status"]))).to_pylist())
-        carried = plan_carry(base, listed_ids, run.config_hash, existing_shards(run.fs, run.root, keys))
-        done_ids = set(done.to_pylist())
-        carried = {vid: e for vid, e in carried.items() if vid not in done_ids}
-    skip = pa.concat_arrays([done, pa.array(list(carried), pa.string())])
+        listed_ids = _ids(listing.filter(pc.is_null(listing["status"])))
+        present = existing_shards(run.fs, run.root, base.shard_keys())
+        mask = carry_mask(base, listed_ids, run.config_hash, present)
+        if len(done):   # finished by an earlier attempt of this run: its own record counts
+            mask &= ~pc.is_in(base.entries["video_id"], value_set=done).to_numpy(zero_copy_only=False)
+        # Of the rest of the snapshot the commit needs only which videos each shard holds.
+        carried = take_carried(base, mask)
+        release_freed_memory()
+    skip = pa.concat_arrays([done, _ids(carried)])
     todo = listing if len(skip) == 0 else listing.filter(
         pc.invert(pc.is_in(listing["video_id"], value_set=skip)))
     return Plan(todo, done, carried, base, incremental)
@@ -433,8 +440,8 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     (default: a thread pool of write.commit_parallelism).
 
     Per-video state stays in Arrow columns: Python dicts exist only for the records that can
-    hold rows (ok, or naming staged files), for carried videos, and for one chunk of report
-    and ledger rows at a time.
+    hold rows (ok, or naming staged files) and for one chunk of report and ledger rows at a
+    time; carried videos' ledger entries are an Arrow table (plan.carried).
     """
     commit_start = time.time()
     threads = cfg.write.commit_parallelism
@@ -447,9 +454,9 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
         records = records.filter(listed_record)
     active = _active_records(records)
     order = _positions(listing, list(active))
-    carried_ids = pa.array(list(plan.carried), pa.string())
-    recorded = pc.is_in(carried_ids, value_set=_ids(records)).to_pylist()
-    carried = {vid: plan.carried[vid] for vid, r in zip(carried_ids.to_pylist(), recorded) if not r}
+    carried = plan.carried   # less those this run processed after all (a resumed attempt)
+    if carried.num_rows and records.num_rows:
+        carried = carried.filter(pc.invert(pc.is_in(carried["video_id"], value_set=_ids(records))))
 
     compression = cfg.write.compression
     kept = _kept_rows(run, active, order)
@@ -457,9 +464,10 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
     # win and the carried copies are dropped, so no sample_id is listed twice.
     own_content = {active[v]["content_id"] for rel in kept for v in kept[rel]
                    if active[v].get("content_id")}
-    drop = {vid for vid, e in carried.items() if e["content_id"] in own_content}
+    drop = _ids(carried).filter(pc.fill_null(pc.is_in(
+        carried["content_id"], value_set=pa.array(sorted(own_content), pa.string())), False))
     carried_shards, carried = (carry_shards(run.fs, run.root, run.run_id, plan.base, carried, drop,
-                                            compression) if carried else ([], {}))
+                                            compression) if carried.num_rows else ([], carried))
     # Dataset-level step (pipeline/dataset.py): splits, dedup and balancing, planned before
     # the compaction writes each row once into its per-split file; then README.md.
     own_sources: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
@@ -482,7 +490,7 @@ def commit(run: Run, cfg: Config, listed: pa.Table | list[dict], plan: Plan, sta
         "videos": listing.num_rows,
         "videos_by_status": dict(sorted(tally.status.items())),
         "videos_processed": records.num_rows,
-        "videos_carried": len(carried),
+        "videos_carried": carried.num_rows,
         "rows": sum(rows.values()),
         "rows_by_task": dict(sorted(rows.items())),
         "rows_written": sum(s["rows"] for s in own_shards),
@@ -568,32 +576,32 @@ class _Tally:
 
 class _VideoRows:
     """The report row and the ledger entry of each listed video, made a chunk at a time
-    from the listing and the records (Arrow): the report in listing order, the ledger in
-    video_id order, each streamed into its Parquet file.
+    from the listing, the records and the carried entries (Arrow): the report in listing
+    order, the ledger in video_id order, each streamed into its Parquet file.
 
     `own_rows` / `own_shards`: rows per task and shard keys of this run's videos that have
-    rows; `carried`: ledger entries of carried videos."""
+    rows; `carried`: ledger entries of carried videos (a table of ledger.BASE_COLUMNS), taken
+    a chunk at a time by position, never made into a dict per video."""
 
-    def __init__(self, run: Run, listing: pa.Table, records: pa.Table, carried: dict[str, dict],
+    def __init__(self, run: Run, listing: pa.Table, records: pa.Table, carried: pa.Table,
                  own_rows: dict[str, Counter], own_shards: dict[str, set]):
         self.run, self.listing, self.carried = run, listing, carried
         self.own_rows, self.own_shards = own_rows, own_shards
         self.records = records
-        # Each listed video's record row (null: none was written): 4 bytes per video.
+        # Each listed video's record row and carried row (null: none): 4 bytes each per video.
         self.record_of = pc.index_in(_ids(listing), value_set=_ids(records))
+        self.carried_of = pc.index_in(_ids(listing), value_set=_ids(carried))
 
-    def _chunk(self, positions: pa.Array | None, start: int) -> list[tuple[str, str, dict | None]]:
-        """(uri, video_id, record or None) of listing rows start.. (in `positions` order)."""
-        if positions is None:
-            part = self.listing.slice(start, _ROWS_CHUNK)
-            where = self.record_of.slice(start, _ROWS_CHUNK)
-        else:
-            take = positions.slice(start, _ROWS_CHUNK)
-            part = self.listing.take(take)
-            where = self.record_of.take(take)
+    def _chunk(self, take: pa.Array) -> list[tuple[str, str, dict | None, dict | None]]:
+        """(uri, video_id, record or None, carried entry or None) of the listing rows `take`."""
+        part = self.listing.take(take)
+        where = self.record_of.take(take)
+        carried_at = self.carried_of.take(take)
         recs = iter(self.records.take(where.drop_null()).to_pylist())
-        return [(uri, vid, next(recs) if w is not None else None) for uri, vid, w in zip(
-            part["video_uri"].to_pylist(), part["video_id"].to_pylist(), where.to_pylist())]
+        cars = iter(self.carried.select(_REPORT_ENTRY).take(carried_at.drop_null()).to_pylist())
+        return [(uri, vid, next(recs) if w is not None else None, next(cars) if c is not None else None)
+                for uri, vid, w, c in zip(part["video_uri"].to_pylist(), part["video_id"].to_pylist(),
+                                          where.to_pylist(), carried_at.to_pylist())]
 
     def report_parquet(self) -> tuple[bytes, _Tally]:
         """report.parquet's bytes (listing order) and the counts over its rows."""
@@ -601,9 +609,10 @@ class _VideoRows:
 
         def chunks():
             for start in range(0, self.listing.num_rows, _ROWS_CHUNK):
+                take = pa.array(np.arange(start, min(start + _ROWS_CHUNK, self.listing.num_rows)))
                 rows = []
-                for uri, vid, rec in self._chunk(None, start):
-                    row, errors = self._report_row(uri, vid, rec)
+                for uri, vid, rec, entry in self._chunk(take):
+                    row, errors = self._report_row(uri, vid, rec, entry)
                     tally.status[row["status"]] += 1
                     if row["status"] != "ok" and not row["carried_from"]:   # carried: counted above
                         tally.failures[reason_kind(row["reason"])] += 1
@@ -612,15 +621,29 @@ class _VideoRows:
                 yield pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
         return parquet_from_chunks(chunks(), REPORT_SCHEMA), tally
 
-    def ledger_chunks(self) -> Iterator[list[dict]]:
-        """The ledger snapshot's entries in video_id order, a chunk at a time."""
+    def ledger_chunks(self) -> Iterator[pa.Table]:
+        """The ledger snapshot's entries (ledger.ENTRY_SCHEMA) in video_id order, a chunk at a
+        time: this run's videos' entries made from their records, the carried ones taken
+        from the carried table as they are."""
         by_id = pc.sort_indices(self.listing, sort_keys=[("video_id", "ascending")])
         for start in range(0, self.listing.num_rows, _ROWS_CHUNK):
-            yield [self._ledger_entry(uri, vid, rec) for uri, vid, rec in self._chunk(by_id, start)]
+            take = by_id.slice(start, _ROWS_CHUNK)
+            carried_at = self.carried_of.take(take)
+            is_carried = carried_at.is_valid().to_numpy(zero_copy_only=False)
+            own = [self._ledger_entry(uri, vid, rec) for uri, vid, rec, _ in
+                   self._chunk(take.filter(pa.array(~is_carried)))]
+            tables = [pa.Table.from_pylist(own, schema=ENTRY_SCHEMA)]
+            if is_carried.any():
+                tables.append(plain_entries(self.carried.take(carried_at.drop_null())))
+            # Back into video_id order: own entries where not carried, carried ones where carried.
+            order = np.empty(len(take), np.int64)
+            order[~is_carried] = np.arange(len(own))
+            order[is_carried] = len(own) + np.arange(int(is_carried.sum()))
+            yield pa.concat_tables(tables).take(pa.array(order)).combine_chunks()
 
-    def _report_row(self, uri: str, vid: str, rec: dict | None) -> tuple[dict, list[dict]]:
-        if vid in self.carried:
-            entry = self.carried[vid]
+    def _report_row(self, uri: str, vid: str, rec: dict | None, entry: dict | None,
+                    ) -> tuple[dict, list[dict]]:
+        if entry is not None:
             return {"uri": uri, "video_id": vid, "status": "skipped",
                     "reason": _carried_reason(entry), "rows_json": entry["rows_json"] or "{}",
                     "errors_json": "[]", "carried_from": entry["done_run_id"]}, []
@@ -631,8 +654,6 @@ class _VideoRows:
                 "carried_from": None}, errors
 
     def _ledger_entry(self, uri: str, vid: str, rec: dict | None) -> dict:
-        if vid in self.carried:
-            return self.carried[vid]
         rec = rec or _LOST
         run = self.run
         return {
@@ -643,6 +664,10 @@ class _VideoRows:
             "retry_errors": retry_errors(json.loads(rec.get("errors_json") or "[]")),
             "frame_hashes": rec.get("frame_hashes"),
         }
+
+
+# What a carried video's report row reads of its ledger entry.
+_REPORT_ENTRY = ["status", "reason", "rows_json", "done_run_id"]
 
 
 # The record of a listed video that has none (its block was lost on every pass).

@@ -48,6 +48,14 @@ def parquet_from_chunks(chunks: Iterable[pa.Table], schema: pa.Schema,
     ROW_GROUP_ROWS rows (the row groups fall alike), without holding every row at once
     (the commit's report and ledger at a million videos)."""
     sink = io.BytesIO()
+    write_chunks(sink, chunks, schema, compression)
+    return sink.getvalue()
+
+
+def write_chunks(sink: Any, chunks: Iterable[pa.Table], schema: pa.Schema,
+                 compression: str = "zstd") -> None:
+    """parquet_from_chunks into an open file object (e.g. an AtomicWriter's): the same
+    bytes, without holding the whole file in memory."""
     with pq.ParquetWriter(sink, schema, compression=compression) as writer:
         wrote = False
         for table in chunks:
@@ -56,7 +64,6 @@ def parquet_from_chunks(chunks: Iterable[pa.Table], schema: pa.Schema,
                 wrote = True
         if not wrote:
             writer.write_table(schema.empty_table(), row_group_size=ROW_GROUP_ROWS)
-    return sink.getvalue()
 
 
 class ShardWriterStage:

@@ -18,7 +18,7 @@ from proxyqa.core.config import load_config
 from proxyqa.core.layout import VIDEOS_DIR
 from proxyqa.core.schema import VIDEO_RECORD_SCHEMA
 from proxyqa.pipeline import run as run_mod
-from proxyqa.pipeline.ledger import LEDGER_SCHEMA, retry_errors, write_snapshot
+from proxyqa.pipeline.ledger import ENTRY_SCHEMA, LEDGER_SCHEMA, retry_errors, write_snapshot
 from proxyqa.pipeline.run import (
     _RECORD_SCHEMA,
     REPORT_SCHEMA,
@@ -106,7 +106,8 @@ def test_report_and_ledger_are_the_bytes_the_dict_built_code_wrote(tmp_path, mon
     want_report, want_ledger, want_counts = _dict_built(listing, records, carried, own_rows, own_shards)
 
     table = as_listing(listing).select(["video_uri", "video_id"])
-    rows = _VideoRows(RUN, table, pa.Table.from_pylist(records, schema=_RECORD_SCHEMA), carried,
+    entries = pa.Table.from_pylist(list(carried.values()), schema=ENTRY_SCHEMA)
+    rows = _VideoRows(RUN, table, pa.Table.from_pylist(records, schema=_RECORD_SCHEMA), entries,
                       own_rows, own_shards)
     report, tally = rows.report_parquet()
     key = write_snapshot(LocalFileSystem(), str(tmp_path), RUN.run_id, rows.ledger_chunks())

@@ -10,6 +10,7 @@ from collections import Counter
 from proxyqa.core.config import load_config
 from proxyqa.core.schema import empty_sample
 from proxyqa.core.storage import read_parquet
+from proxyqa.pipeline.ledger import empty_entries
 from proxyqa.pipeline.run import Plan, commit, open_run
 from proxyqa.stages.write import ShardWriterStage
 from proxyqa.trainer.reader import read_report
@@ -58,7 +59,7 @@ def test_staged_batches_become_target_sized_shards_without_duplicates(tmp_path):
     staged = list((tmp_path / "out").rglob("_staged/**/*.parquet"))
     assert len(staged) == 2 * 23                            # 23 batches x 2 tasks
 
-    manifest = commit(run, cfg, _listed(videos), Plan(videos and _listed(videos), set(), {},
+    manifest = commit(run, cfg, _listed(videos), Plan(videos and _listed(videos), set(), empty_entries(),
                                                       None, False), time.time(), "/in")
     run_dir = tmp_path / "out" / "runs" / run.run_id
     rows = []
@@ -113,7 +114,7 @@ def test_a_commit_that_died_is_redone_without_stale_shards(tmp_path, monkeypatch
 
     monkeypatch.setattr(run_module, "write_bytes_atomic", dies)
     try:
-        commit(run, cfg, listed, Plan(listed, set(), {}, None, False), time.time(), "/in")
+        commit(run, cfg, listed, Plan(listed, set(), empty_entries(), None, False), time.time(), "/in")
     except RuntimeError:
         pass
     monkeypatch.undo()
@@ -122,7 +123,7 @@ def test_a_commit_that_died_is_redone_without_stale_shards(tmp_path, monkeypatch
     assert first and (run_dir / "_staged").exists()          # staging kept for the redo
     # The redo plans other groups (a larger target): the first attempt's files must go.
     cfg.write.rows_per_file = 25
-    manifest = commit(run, cfg, listed, Plan(listed, set(), {}, None, False), time.time(), "/in")
+    manifest = commit(run, cfg, listed, Plan(listed, set(), empty_entries(), None, False), time.time(), "/in")
     on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.glob("data/*/*.parquet")}
     assert on_disk == {s["path"] for s in manifest["shards"]}
     assert sum(s["rows"] for s in manifest["shards"]) == 60
