@@ -55,13 +55,19 @@ RATIO_ROUNDS = 2
 
 def measure(name: str, make: Callable[[], Callable], rows: list[dict], batch_size: int,
             frames_of: Callable[[dict], int], warm: bool = True,
-            rounds: int = 1) -> tuple[dict, list[dict]]:
-    """Builds the stage, warms it on one row, times it over all rows."""
+            rounds: int = 1, before_pass: Callable[[Any], None] | None = None) -> tuple[dict, list[dict]]:
+    """Builds the stage, warms it on one row, times it over all rows (`before_pass(stage)`
+    before each timed pass: a busy machine makes `timed_quietly` repeat it)."""
     with Clock() as startup:
         stage = make()
     if warm and rows:
         _run_batches(stage, rows[:1], 1)
-    out, timed, foreign = timed_quietly(name, lambda: _run_batches(stage, rows, batch_size), rounds)
+
+    def timed_pass() -> list[dict]:
+        if before_pass is not None:
+            before_pass(stage)
+        return _run_batches(stage, rows, batch_size)
+    out, timed, foreign = timed_quietly(name, timed_pass, rounds)
     frames = sum(frames_of(r) for r in rows)
     bad = [r.get("reason") for r in out if r.get("status") not in (None, "ok")]
     result = {
@@ -293,19 +299,21 @@ CHECK_MODELS = ("raw HOG detectMultiScale", "raw BlazeFace process")
 
 
 def pose_raw_parts(results: list[dict], cfg, key: str = "cpu_ms_per_video") -> dict[str, float]:
-    """The pose stage's raw model work per video: mediapipe detect x model passes, plus
-    each check model measured (raw_pose_checks)."""
+    """The pose stage's raw model work per video: one raw landmarker call per frame times
+    the calls the stage made per frame (its search passes on the frame and, with the flip
+    test, on the mirrored frame; the config's pass count when not measured), plus each
+    check model measured (raw_pose_checks)."""
     by = {r["stage"]: r for r in results}
-    passes = pose_model_passes(cfg.pose)
-    parts = {f"raw mediapipe detect x {passes}": by["raw mediapipe detect"][key] * passes}
+    calls = by.get("pose (mediapipe)", {}).get("detect_calls_per_frame") or pose_model_passes(cfg.pose)
+    parts = {f"raw mediapipe detect x {calls:g}": by["raw mediapipe detect"][key] * calls}
     parts.update({name: by[name][key] for name in CHECK_MODELS if name in by})
     return parts
 
 
 def machine_limit(results: list[dict], cfg) -> dict[str, Any]:
     """Videos/s the machine allows: cores / the raw library CPU seconds one video needs for
-    the work the config does: raw decord get_batch + the pose stage's raw model passes
-    (mediapipe x passes, the HOG and BlazeFace checks) + task building + writing (the last
+    the work the config does: raw decord get_batch + the pose stage's raw model calls
+    (mediapipe x the calls it made per frame, the HOG and BlazeFace checks) + task building + writing (the last
     two have no library below them: the stage is the work). CPU seconds, not wall: a
     library using several threads costs more cores."""
     import os
@@ -319,6 +327,7 @@ def machine_limit(results: list[dict], cfg) -> dict[str, Any]:
     total_ms = sum(parts.values())
     cores = os.cpu_count() or 1
     return {"cores": cores, "pose_model_passes": pose_model_passes(cfg.pose),
+            "detect_calls_per_frame": by.get("pose (mediapipe)", {}).get("detect_calls_per_frame"),
             "cpu_ms_per_video": {k: round(v, 1) for k, v in parts.items()},
             "total_cpu_ms_per_video": round(total_ms, 1),
             "videos_per_s": round(cores * 1000 / total_ms, 3)}
@@ -360,7 +369,13 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(r)
         results.append(raw_decord(rows, decoded, cfg.decode.num_threads))
 
-        r, posed = measure("pose (mediapipe)", make(PoseStage), decoded, bs(PoseStage), _n_frames)
+        pose_stages: list = []
+        reset = lambda stage: setattr(stage.estimator, "detect_calls", 0)  # noqa: E731
+        r, posed = measure("pose (mediapipe)", lambda: pose_stages.append(make(PoseStage)()) or pose_stages[0],
+                           decoded, bs(PoseStage), _n_frames, before_pass=reset)
+        # Landmarker calls per decoded frame in the last timed pass: the search passes on
+        # the frame and, with the flip test, on its mirror.
+        r["detect_calls_per_frame"] = round(pose_stages[0].estimator.detect_calls / r["frames"], 3)
         results.append(r)
         results.append(raw_mediapipe(decoded, cfg))
         results += raw_pose_checks(decoded, cfg)

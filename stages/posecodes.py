@@ -56,7 +56,11 @@ class Rules:
 
     angle_margin: float = 10.0
     position_margin: float = 0.1
-    elbow_straight: float = 150.0        # elbow angle: > +margin straight, < -margin bent
+    elbow_straight: float = 150.0        # elbow angle: > +margin straight
+    # "bent at the elbow" only below this -margin (120 at the default margin): the audits
+    # found arms at 130-140 degrees that a viewer reads as straight, held out or hanging
+    # (rounds 3 and 4); the clearly bent ones were at 36-108. Between the two: no state.
+    elbow_bent: float = 130.0
     knee_straight: float = 150.0
     arm_down: float = 30.0               # shoulder angle (torso vs upper arm) of a hanging arm
     arm_out_low: float = 60.0            # shoulder angle range of an arm held out
@@ -235,7 +239,8 @@ def _arm_truths(pose: Pose, side: str, angles: dict, scale: float, r: Rules) -> 
         return truths
     m = r.angle_margin
     straight = _above(elbow, r.elbow_straight, m)
-    truths["bent at the elbow"] = None if straight is None else not straight
+    bent = _above(r.elbow_bent, elbow, m)   # elbow < elbow_bent - m
+    truths["bent at the elbow"] = True if bent else (False if straight else None)
     truths["stretched out away from the body"] = _all(
         straight, _in_range(shoulder, r.arm_out_low, r.arm_out_high, m))
     down = _above(shoulder, r.arm_down, m)

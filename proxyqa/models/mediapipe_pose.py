@@ -148,10 +148,15 @@ class MediaPipePose:
             min_pose_presence_confidence=cfg.min_detection_confidence,
         )
         self._landmarker = vision.PoseLandmarker.create_from_options(options)
+        # Landmarker calls so far: a frame costs one per search pass (more where people were
+        # found and the masked frame is searched again), so the stage's raw model work is
+        # this count times one call's time (bench/stages.py).
+        self.detect_calls = 0
 
     def _detect(self, rgb: np.ndarray) -> list[Person]:
         import mediapipe as mp
 
+        self.detect_calls += 1
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         result = self._landmarker.detect(image)
         return [blazepose_to_person(lms) for lms in result.pose_landmarks]
