@@ -299,13 +299,19 @@ CHECK_MODELS = ("raw HOG detectMultiScale", "raw BlazeFace process")
 
 
 def pose_raw_parts(results: list[dict], cfg, key: str = "cpu_ms_per_video") -> dict[str, float]:
-    """The pose stage's raw model work per video: one raw landmarker call per frame times
-    the calls the stage made per frame (its search passes on the frame and, with the flip
-    test, on the mirrored frame; the config's pass count when not measured), plus each
-    check model measured (raw_pose_checks)."""
+    """The pose stage's raw model work per video: the landmarker calls it made, timed
+    around the bare call where they run (`MediaPipePose.detect_*`: the search passes on
+    each frame and its mirror; masked passes that find nobody cost less than a first pass,
+    so a pass count times one bare call would overstate them), else one bare call per frame
+    times the config's passes; plus each check model measured (raw_pose_checks)."""
     by = {r["stage"]: r for r in results}
-    calls = by.get("pose (mediapipe)", {}).get("detect_calls_per_frame") or pose_model_passes(cfg.pose)
-    parts = {f"raw mediapipe detect x {calls:g}": by["raw mediapipe detect"][key] * calls}
+    stage = by.get("pose (mediapipe)", {})
+    in_stage = {"cpu_ms_per_video": "detect_cpu_ms_per_video", "ms_per_video": "detect_ms_per_video"}[key]
+    if stage.get(in_stage) is not None:
+        parts = {f"mediapipe detect, {stage['detect_calls_per_frame']:g} calls/frame": stage[in_stage]}
+    else:
+        passes = pose_model_passes(cfg.pose)
+        parts = {f"raw mediapipe detect x {passes}": by["raw mediapipe detect"][key] * passes}
     parts.update({name: by[name][key] for name in CHECK_MODELS if name in by})
     return parts
 
@@ -370,12 +376,17 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(raw_decord(rows, decoded, cfg.decode.num_threads))
 
         pose_stages: list = []
-        reset = lambda stage: setattr(stage.estimator, "detect_calls", 0)  # noqa: E731
+        def reset(stage) -> None:
+            est = stage.estimator
+            est.detect_calls, est.detect_wall_s, est.detect_cpu_s = 0, 0.0, 0.0
         r, posed = measure("pose (mediapipe)", lambda: pose_stages.append(make(PoseStage)()) or pose_stages[0],
                            decoded, bs(PoseStage), _n_frames, before_pass=reset)
-        # Landmarker calls per decoded frame in the last timed pass: the search passes on
-        # the frame and, with the flip test, on its mirror.
-        r["detect_calls_per_frame"] = round(pose_stages[0].estimator.detect_calls / r["frames"], 3)
+        # The landmarker calls of the last timed pass (the search passes on each frame and,
+        # with the flip test, on its mirror) and the time inside them.
+        est = pose_stages[0].estimator
+        r["detect_calls_per_frame"] = round(est.detect_calls / r["frames"], 3)
+        r["detect_ms_per_video"] = round(1000 * est.detect_wall_s / r["videos"], 1)
+        r["detect_cpu_ms_per_video"] = round(1000 * est.detect_cpu_s / r["videos"], 1)
         results.append(r)
         results.append(raw_mediapipe(decoded, cfg))
         results += raw_pose_checks(decoded, cfg)

@@ -378,7 +378,10 @@ def joint_motion(kps_a, kps_b, width: int, height: int, min_score: float,
     """Motion of each part in MOTION_PARTS from frame a to frame b (parts confident in both).
 
     Body size = mean torso length of the two frames; the hip midpoint (both hips confident
-    in both frames) is the reference of relative motion. Empty if either is missing.
+    in both frames) is the reference of relative motion, which is measured in each frame's
+    own body size: a person walking towards the camera grows, and a planted foot's pixel
+    offset below the hips grows with them (audit round 5: a "down" foot that only came
+    nearer). Empty if either is missing.
     """
     a, b = pose_of(kps_a, width, height, min_score), pose_of(kps_b, width, height, min_score)
     sa, sb = a.scale, b.scale
@@ -386,13 +389,14 @@ def joint_motion(kps_a, kps_b, width: int, height: int, min_score: float,
     if sa is None or sb is None or not (a.ok(*hips) and b.ok(*hips)):
         return {}
     scale = (sa + sb) / 2
-    hip_shift = ((b.p("left_hip") + b.p("right_hip")) - (a.p("left_hip") + a.p("right_hip"))) / 2
+    hip_a = (a.p("left_hip") + a.p("right_hip")) / 2
+    hip_b = (b.p("left_hip") + b.p("right_hip")) / 2
     out = {}
     for part, joint in MOTION_PARTS.items():
         if not (a.ok(joint) and b.ok(joint)):
             continue
         d = (b.p(joint) - a.p(joint)) / scale
-        rel = d - hip_shift / scale
+        rel = (b.p(joint) - hip_b) / sb - (a.p(joint) - hip_a) / sa
         m = rules.direction_margin
         out[part] = PartMotion(
             dx=float(d[0]), dy=float(d[1]), rel_dx=float(rel[0]), rel_dy=float(rel[1]),

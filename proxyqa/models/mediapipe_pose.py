@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,17 +149,22 @@ class MediaPipePose:
             min_pose_presence_confidence=cfg.min_detection_confidence,
         )
         self._landmarker = vision.PoseLandmarker.create_from_options(options)
-        # Landmarker calls so far: a frame costs one per search pass (more where people were
-        # found and the masked frame is searched again), so the stage's raw model work is
-        # this count times one call's time (bench/stages.py).
-        self.detect_calls = 0
+        # Landmarker calls so far and the time inside them (wall, CPU seconds): a frame costs
+        # one call per search pass, more where people were found and the masked frame is
+        # searched again, and a masked call that finds nobody costs about half a first one,
+        # so bench/stages.py takes the stage's raw model work from these, not from a count
+        # of passes times one bare call.
+        self.detect_calls, self.detect_wall_s, self.detect_cpu_s = 0, 0.0, 0.0
 
     def _detect(self, rgb: np.ndarray) -> list[Person]:
         import mediapipe as mp
 
-        self.detect_calls += 1
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        wall, cpu = time.perf_counter(), time.process_time()
         result = self._landmarker.detect(image)
+        self.detect_calls += 1
+        self.detect_wall_s += time.perf_counter() - wall
+        self.detect_cpu_s += time.process_time() - cpu
         return [blazepose_to_person(lms) for lms in result.pose_landmarks]
 
     def predict_frame(self, rgb: np.ndarray) -> list[Person]:

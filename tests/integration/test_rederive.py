@@ -102,7 +102,8 @@ def states_of(f: Frame, part: str) -> dict:
                                          math.dist(f.pt[el], f.pt[wr])) >= 0.3 * S:
             straight = tri(angle_at(f, sh, el, wr), 150, 10)
             a = angle_at(f, hip, sh, el)
-            out["bent at the elbow"] = NOT(straight)
+            bent = tri(130, angle_at(f, sh, el, wr), 10)   # elbow < 120
+            out["bent at the elbow"] = True if bent else (False if straight else None)
             out["stretched out away from the body"] = AND(straight, tri_range(a, 60, 120, 10))
             out["hanging down by the side"] = AND(straight, NOT(tri(a, 30, 10)))
         return out
@@ -199,13 +200,13 @@ def motions(row):
     a, b = (Frame(k, row["frame_size"]) for k in row["keypoints"])
     assert a.S() and b.S() and a.ok("left_hip", "right_hip") and b.ok("left_hip", "right_hip")
     S = (a.S() + b.S()) / 2
-    hip = [((b.pt["left_hip"][i] + b.pt["right_hip"][i]) - (a.pt["left_hip"][i]
-            + a.pt["right_hip"][i])) / 2 / S for i in (0, 1)]
+    mid = lambda f, i: (f.pt["left_hip"][i] + f.pt["right_hip"][i]) / 2  # noqa: E731
     out = {}
     for part, kp in MOTION_KEYPOINT.items():
         if a.ok(kp) and b.ok(kp):
             d = [(b.pt[kp][i] - a.pt[kp][i]) / S for i in (0, 1)]
-            out[part] = (d, [d[0] - hip[0], d[1] - hip[1]])
+            r = [(b.pt[kp][i] - mid(b, i)) / b.S() - (a.pt[kp][i] - mid(a, i)) / a.S() for i in (0, 1)]
+            out[part] = (d, r)
     return out
 
 

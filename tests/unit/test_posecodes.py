@@ -222,6 +222,18 @@ def test_motion_is_relative_to_the_hips():
     assert pc.joint_motion(a, _moved(a, sink), W, H, MS)["left_hand"].vertical is None
 
 
+def test_a_person_coming_nearer_moves_no_part():
+    # The whole body 12% larger about the hips (walking towards the camera): the feet go
+    # down in pixels, but nothing moves relative to the body (audit round 5).
+    a = make_kps()
+    hip = (np.array(a[J["left_hip"]][:2]) + np.array(a[J["right_hip"]][:2])) / 2
+    nearer = [[*(hip + 1.12 * (np.array(k[:2]) - hip)), k[2]] for k in a]
+    m = pc.joint_motion(a, nearer, W, H, MS)
+    assert nearer[J["left_ankle"]][1] > a[J["left_ankle"]][1]          # lower in the image
+    assert all(p.vertical is None and p.horizontal is None for p in m.values())
+    assert all(p.amount == pytest.approx(0, abs=1e-6) for p in m.values())
+
+
 def test_most_moved_needs_a_margin():
     a = make_kps()
     clear = _moved(a, {"left_wrist": (0, -160), "right_ankle": (40, 0)})
