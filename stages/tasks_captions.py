@@ -150,23 +150,24 @@ CHANGE_DROP = {"hands": ("left_arm", "right_arm"), "feet": ("left_leg", "right_l
 # draw is conditioned on the truth's shape (which parts are stated), and a draw equal to the
 # truth or not False with margin on the frame is not redrawn: the slot is just not asked there.
 #
-# Measured with `python bench/caption_baselines.py --priors` (branch captions2,
-# 2-core AMD EPYC dev box):
+# Measured with `python bench/caption_baselines.py --priors` (code of commit caafe93, after
+# issue 13's pose checks and its "bent below 120 degrees" rule; 2-core AMD EPYC dev box):
 # the true value of each frame eligible for description_match (>= min_facts facts, caption
 # margins 15 deg / 0.15), configs/local.yaml pose (mediapipe, 512 px, num_poses 2) over the 9
 # shared clips at decode.num_frames=64 plus the 17 hand-labelled images as stills (frames the
-# pose checks did not flag); counts of frames (147 torso, 119 arms, 123 legs; 9-11 videos).
+# pose checks did not flag); counts of frames (116 torso, 67 arms, 81 legs; 7-10 videos).
 # Leave-one-video-out spread (largest change of a value's share when one video is left
-# out): torso 0.14, arms 0.13, legs 0.13 -- the table is coarse (few videos), so its values
-# are counts to draw from, not a claim about poses in general; re-measure on a larger corpus.
+# out): torso 0.18, arms 0.20, legs 0.09 -- the table is coarse (few videos), so its values
+# are counts to draw from, not a claim about poses in general; re-measure on a larger corpus
+# and whenever a state rule changes.
 _B, _R, _S, _H = "bent at the elbow", "raised above the head", \
     "stretched out away from the body", "hanging down by the side"
 _ST, _TR = "straight", "bent with the thigh raised"
 DESC_PRIORS: dict[str, dict[tuple, int]] = {
-    "torso": {("upright",): 117, ("leaning",): 30},
-    "arms": {(None, _B): 52, (_B, None): 18, (_R, _R): 18, (_B, _B): 12, (None, _R): 5,
-             (_S, _S): 4, (_S, _B): 4, (_S, None): 2, (_H, None): 2, (_B, _R): 1, (None, _H): 1},
-    "legs": {(_ST, _ST): 77, (_ST, None): 23, (None, _ST): 22, (_TR, None): 1},
+    "torso": {("upright",): 87, ("leaning",): 29},
+    "arms": {(None, _B): 27, (_R, _R): 22, (_B, _B): 6, (_S, _S): 4, (_S, None): 2, (_H, None): 2,
+             (_B, None): 1, (None, _R): 1, (None, _H): 1, (_S, _B): 1},
+    "legs": {(_ST, _ST): 61, (None, _ST): 18, (_ST, None): 1, (_TR, None): 1},
 }
 
 
