@@ -437,7 +437,7 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
     at = pc.fill_null(pc.index_in(rows["video_id"], value_set=ids), -1).to_numpy().astype(np.int64)
     mine = with_split & (at >= 0)
     split_names = pc.unique(rows["split"].filter(pa.array(mine))).to_pylist() if mine.any() else []
-    columns = SPLITS + sorted(set(split_names) - set(SPLITS))
+    columns = [*SPLITS, *sorted(set(split_names) - set(SPLITS))]
     fixed = np.zeros((groups, len(columns)), np.int64)
     if mine.any():
         col = np.array([columns.index(s) for s in split_names])[
