@@ -48,6 +48,7 @@ MIN_BITS, MAX_BITS = 6, 58
 # _BLOCK x all frames of 8-byte XORs: 16 MB at 32,000 frames).
 ALL_PAIRS_MAX, _BLOCK = 2000, 64
 LARGE_BUCKET = 4096
+_SLICE = 1 << 20   # frames per numpy temporary in the band search
 
 
 # --- near-duplicate groups and splits -----------------------------------------------------
@@ -124,13 +125,14 @@ def _video_pairs(owner: np.ndarray, videos: int, frame_a: np.ndarray, frame_b: n
     if not len(frame_a):
         return _NO_PAIRS
     # Directed: a frame of video u matched in video v counts once towards share(u, v).
-    src = np.concatenate([frame_a, frame_b])
-    dst = np.concatenate([owner[frame_b], owner[frame_a]])
+    # (int64 throughout: frame x video and video x video products pass 2**31.)
+    src = np.concatenate([frame_a, frame_b]).astype(np.int64)
+    dst = np.concatenate([owner[frame_b], owner[frame_a]]).astype(np.int64)
     keep = owner[src] != dst
     seen = np.unique(src[keep] * videos + dst[keep])            # (frame, other video), once
     del src, dst, keep
     frame, other = seen // videos, seen % videos
-    pairs, hits = np.unique(owner[frame] * videos + other, return_counts=True)
+    pairs, hits = np.unique(owner[frame].astype(np.int64) * videos + other, return_counts=True)
     need = _least_hits(owner, videos, min_matched)
     u, v = pairs // videos, pairs % videos
     ok = hits >= need[u]
@@ -152,29 +154,36 @@ def _banded_pairs(flat: np.ndarray, owner: np.ndarray, videos: int, max_hamming:
     `owner` need not be sorted here."""
     if not len(flat):
         return _NO_PAIRS
-    bits = max(16, int(np.ceil(np.log2(max(len(flat), 1) / 8))))
+    frames = len(flat)
+    bits = max(16, int(np.ceil(np.log2(max(frames, 1) / 8))))
+    # Frame indices as int32 where they fit, keys as uint32, computed a slice at a time: the
+    # arrays per frame are what this costs at a million videos (16 frames each).
+    index = np.int32 if frames < 2**31 else np.int64
     found_a, found_b = [], []
     for k in range(64 // bits):
-        key = (flat >> np.uint64(bits * k)) & np.uint64((1 << bits) - 1)
-        order = np.argsort(key, kind="stable")
-        sorted_key = key[order]
+        key = np.empty(frames, np.uint32 if bits <= 32 else np.uint64)
+        for lo in range(0, frames, _SLICE):
+            key[lo:lo + _SLICE] = (flat[lo:lo + _SLICE] >> np.uint64(bits * k)) & np.uint64((1 << bits) - 1)
+        order = np.argsort(key, kind="stable").astype(index)
+        key = key[order]                                    # sorted
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).astype(index)
         del key
-        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-        del sorted_key
-        sizes = np.diff(np.r_[starts, len(flat)])
+        sizes = np.diff(np.r_[starts, index(frames)]).astype(index)
         # Members after each one in its bucket; pairs (p, p + t) for t = 1, 2, ... while any.
-        after = np.repeat(starts + sizes, sizes) - np.arange(len(flat)) - 1
+        after = np.repeat(starts + sizes, sizes)
+        after -= np.arange(1, frames + 1, dtype=index)
         after[np.repeat(sizes > LARGE_BUCKET, sizes)] = 0
         del starts, sizes
-        t, at = 1, np.flatnonzero(after >= 1)
+        t, at = 1, np.flatnonzero(after >= 1).astype(index)
         while len(at):
-            a, b = order[at], order[at + t]
-            close = np.bitwise_count(flat[a] ^ flat[b]) <= max_hamming
-            found_a.append(a[close])
-            found_b.append(b[close])
+            for lo in range(0, len(at), _SLICE):
+                a, b = order[at[lo:lo + _SLICE]], order[at[lo:lo + _SLICE] + t]
+                close = np.bitwise_count(flat[a] ^ flat[b]) <= max_hamming
+                found_a.append(a[close])
+                found_b.append(b[close])
             t += 1
             at = at[after[at] >= t]
-        del order, after
+        del order, after, at
     frame_a, frame_b = np.concatenate(found_a), np.concatenate(found_b)
     return _video_pairs(owner, videos, frame_a, frame_b, min_matched)
 
@@ -392,46 +401,56 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
     known = pa.concat_arrays([own_ids, rows["video_id"].filter(pa.array(with_split | with_group))
                               .combine_chunks()]) if rows.num_rows else own_ids
     alone = _alone(carried, known)
-    grouped = carried.filter(pa.array(~alone))
-    if len(own):   # this run's record wins over a carried entry of the same video
-        grouped = grouped.filter(pc.invert(pc.is_in(grouped["video_id"], value_set=own_ids)))
-    population = len(own) + grouped.num_rows + int(alone.sum())
+    keep = ~alone
+    if len(own) and carried.num_rows:   # this run's record wins over a carried entry of it
+        keep &= ~pc.fill_null(pc.is_in(carried["video_id"], value_set=own_ids), False).to_numpy(
+            zero_copy_only=False).astype(bool)
+    population = len(own) + int(keep.sum()) + int(alone.sum())
 
-    # Videos in video_id order: this run's, then the carried grouped ones.
-    n = len(own) + grouped.num_rows
-    ids = pa.concat_arrays([own_ids, grouped["video_id"].combine_chunks().cast(pa.string())])
-    content = pa.concat_arrays([pa.array([records[v].get("content_id") for v in own], pa.string()),
-                                grouped["content_id"].combine_chunks().cast(pa.string())])
-    order = pc.sort_indices(ids).to_numpy()
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    ids, content = ids.take(order), content.take(order)
-    is_own = rank[:len(own)]                              # positions of this run's videos
+    # Videos: this run's (index 0..), then the carried grouped ones in ledger order. Their
+    # usable frame hashes: this run's from its records, the carried ones from the ledger's list
+    # column a batch at a time (flattened values and each value's entry), never a list per
+    # video; `owner` (a frame's video) comes out ascending.
+    own_frames = [(i, h) for i, v in enumerate(own) for h in _usable(records[v].get("frame_hashes"))]
+    id_parts = [own_ids]
+    content_parts = [pa.array([records[v].get("content_id") for v in own], pa.string())]
+    flat_parts = [np.array([h for _, h in own_frames], np.uint64)]
+    owner_parts = [np.array([i for i, _ in own_frames], np.int64)]
+    del own_frames
+    n, start = len(own), 0
+    for batch in carried.select(["video_id", "content_id", "frame_hashes"]).to_batches():
+        mask = keep[start:start + batch.num_rows]
+        start += batch.num_rows
+        if not mask.any():
+            continue
+        part = batch.filter(pa.array(mask))
+        id_parts.append(part["video_id"].cast(pa.string()))
+        content_parts.append(part["content_id"].cast(pa.string()))
+        values, entry = _flat_hashes(part["frame_hashes"])
+        usable = _usable_bits(values)
+        flat_parts.append(values[usable])
+        owner_parts.append(entry[usable] + n)
+        n += part.num_rows
+    del keep
+    ids, content = pa.concat_arrays(id_parts), pa.concat_arrays(content_parts)
+    flat, owner = np.concatenate(flat_parts), np.concatenate(owner_parts)
+    del id_parts, content_parts, flat_parts, owner_parts
+    if n < 2**31:
+        owner = owner.astype(np.int32)
     has_content = _truthy(content)
     codes = np.full(n, -1, np.int64)
     codes[has_content] = pc.dictionary_encode(content.filter(pa.array(has_content))).indices.to_numpy()
-
-    # Usable frame hashes: this run's from its records, the carried ones from the ledger's
-    # list column (flattened values and each value's entry), never a list per video.
-    own_flat = [(i, h & 0xFFFFFFFFFFFFFFFF) for i, v in enumerate(own)
-                for h in _usable(records[v].get("frame_hashes"))]
-    hashes = (grouped["frame_hashes"].combine_chunks() if grouped.num_rows
-              else pa.array([], pa.list_(pa.int64())))
-    values = pc.list_flatten(hashes).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-    entry = pc.list_parent_indices(hashes).to_numpy(zero_copy_only=False).astype(np.int64)
-    bits = np.bitwise_count(values)
-    usable = (bits >= MIN_BITS) & (bits <= MAX_BITS)
-    flat = np.concatenate([np.array([h for _, h in own_flat], np.uint64), values[usable]])
-    owner = rank[np.concatenate([np.array([i for i, _ in own_flat], np.int64), len(own) + entry[usable]])]
-    del own_flat, hashes, values, entry, bits, usable, grouped
-    by_owner = np.argsort(owner, kind="stable")           # a video's frames together
-    flat, owner = flat[by_owner], owner[by_owner]
-    del by_owner
     labels = (_components(n, codes, flat, owner, cfg.split.max_hamming, cfg.split.min_matched,
                           population) if n else np.zeros(0, np.int64))
     del flat, owner, codes
     groups = int(labels.max()) + 1 if n else 0
-    first_member = np.unique(labels, return_index=True)[1]   # smallest video_id of each group
+    # Each group's smallest video_id (the order the counts met the splits in).
+    order = pc.sort_indices(ids).to_numpy()
+    first_member = order[np.unique(labels[order], return_index=True)[1]]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    del order
+    is_own = np.arange(len(own))
 
     # Carried rows per group and split (SPLITS first; any other value counts as a conflict).
     at = pc.fill_null(pc.index_in(rows["video_id"], value_set=ids), -1).to_numpy().astype(np.int64)
@@ -479,7 +498,8 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
         in_split = split_code == s
         if in_split.any():
             groups_by_split[split] += int(in_split.sum())
-            first = ids[int(first_member[in_split].min())].as_py()
+            firsts = first_member[in_split]
+            first = ids[int(firsts[np.argmin(rank[firsts])])].as_py()
             first_of_split[split] = min(first_of_split.get(split, first), first)
 
     # Dicts for this run's groups only: their members' split and content group (the
@@ -514,15 +534,29 @@ def _alone(carried: pa.Table, grouped: pa.Array) -> np.ndarray:
     no usable frame hash (_usable) and not among `grouped` (video_ids of this run's ok
     records and of carried rows with a split or content group)."""
     n = carried.num_rows
-    no_content = pc.fill_null(pc.equal(carried["content_id"], ""), True).to_numpy(zero_copy_only=False)
-    hashes = carried["frame_hashes"].combine_chunks() if n else pa.array([], pa.list_(pa.int64()))
-    flat = pc.list_flatten(hashes).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-    bits = np.bitwise_count(flat)
-    usable = (bits >= MIN_BITS) & (bits <= MAX_BITS)
-    parent = pc.list_parent_indices(hashes).to_numpy(zero_copy_only=False).astype(np.int64)
-    has_usable = np.bincount(parent[usable], minlength=n)[:n] > 0
-    known = pc.is_in(carried["video_id"], value_set=grouped)
-    return no_content.astype(bool) & ~has_usable & ~pc.fill_null(known, False).to_numpy(zero_copy_only=False)
+    has_usable = np.zeros(n, bool)
+    start = 0
+    for chunk in carried["frame_hashes"].chunks:   # a batch at a time: no combined copy
+        values, entry = _flat_hashes(chunk)
+        has_usable[start:start + len(chunk)] = np.bincount(entry[_usable_bits(values)],
+                                                           minlength=len(chunk))[:len(chunk)] > 0
+        start += len(chunk)
+    known = pc.fill_null(pc.is_in(carried["video_id"], value_set=grouped), False)
+    return ~_truthy(carried["content_id"]) & ~has_usable & ~known.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _flat_hashes(hashes: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int64> column's values as uint64 (the ledger stores them signed) and each
+    value's entry (its position in `hashes`): views of Arrow's buffers where it can."""
+    values = pc.list_flatten(hashes).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    entry = pc.list_parent_indices(hashes).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return values.view(np.uint64), entry
+
+
+def _usable_bits(values: np.ndarray) -> np.ndarray:
+    """Which uint64 frame hashes are usable (_usable: not too flat)."""
+    bits = np.bitwise_count(values)
+    return (bits >= MIN_BITS) & (bits <= MAX_BITS)
 
 
 def _alone_splits(ids: pa.ChunkedArray | pa.Array, cfg: Config, chunk: int = 65536,
