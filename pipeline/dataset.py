@@ -156,36 +156,52 @@ def _banded_pairs(flat: np.ndarray, owner: np.ndarray, videos: int, max_hamming:
         return _NO_PAIRS
     frames = len(flat)
     bits = max(16, int(np.ceil(np.log2(max(frames, 1) / 8))))
-    # Frame indices as int32 where they fit, keys as uint32, computed a slice at a time: the
-    # arrays per frame are what this costs at a million videos (16 frames each).
+    # Frame indices as int32 where they fit, keys as uint32, computed a slice at a time, and
+    # each band's buckets searched a part at a time (a bucket's frames share the key's top
+    # bits, so a part holds whole buckets): the arrays per frame are what this costs at a
+    # million videos (16 frames each), and a part's temporaries are ~_SLICE frames'.
     index = np.int32 if frames < 2**31 else np.int64
+    part_bits = min(bits, max(0, int(np.ceil(np.log2(frames / _SLICE)))))
     found_a, found_b = [], []
     for k in range(64 // bits):
         key = np.empty(frames, np.uint32 if bits <= 32 else np.uint64)
         for lo in range(0, frames, _SLICE):
             key[lo:lo + _SLICE] = (flat[lo:lo + _SLICE] >> np.uint64(bits * k)) & np.uint64((1 << bits) - 1)
-        order = np.argsort(key, kind="stable").astype(index)
-        key = key[order]                                    # sorted
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).astype(index)
+        for part in range(1 << part_bits):
+            members = (np.flatnonzero(key >> (bits - part_bits) == part).astype(index) if part_bits
+                       else np.arange(frames, dtype=index))
+            _bucket_pairs(flat, members, key[members], max_hamming, found_a, found_b)
         del key
-        sizes = np.diff(np.r_[starts, index(frames)]).astype(index)
-        # Members after each one in its bucket; pairs (p, p + t) for t = 1, 2, ... while any.
-        after = np.repeat(starts + sizes, sizes)
-        after -= np.arange(1, frames + 1, dtype=index)
-        after[np.repeat(sizes > LARGE_BUCKET, sizes)] = 0
-        del starts, sizes
-        t, at = 1, np.flatnonzero(after >= 1).astype(index)
-        while len(at):
-            for lo in range(0, len(at), _SLICE):
-                a, b = order[at[lo:lo + _SLICE]], order[at[lo:lo + _SLICE] + t]
-                close = np.bitwise_count(flat[a] ^ flat[b]) <= max_hamming
-                found_a.append(a[close])
-                found_b.append(b[close])
-            t += 1
-            at = at[after[at] >= t]
-        del order, after, at
     frame_a, frame_b = np.concatenate(found_a), np.concatenate(found_b)
     return _video_pairs(owner, videos, frame_a, frame_b, min_matched)
+
+
+def _bucket_pairs(flat: np.ndarray, members: np.ndarray, key: np.ndarray, max_hamming: int,
+                  found_a: list[np.ndarray], found_b: list[np.ndarray]) -> None:
+    """Appends the frame pairs within max_hamming bits among `members` (frame indices) that
+    share a bucket (an equal `key`), buckets of more than LARGE_BUCKET frames left out."""
+    count = len(members)
+    index = members.dtype.type
+    by_key = np.argsort(key, kind="stable")
+    order = members[by_key]
+    key = key[by_key]                                       # sorted
+    del by_key
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).astype(index)
+    del key
+    sizes = np.diff(np.r_[starts, index(count)]).astype(index)
+    # Members after each one in its bucket; pairs (p, p + t) for t = 1, 2, ... while any.
+    after = np.repeat(starts + sizes, sizes)
+    after -= np.arange(1, count + 1, dtype=index)
+    after[np.repeat(sizes > LARGE_BUCKET, sizes)] = 0
+    del starts, sizes
+    t, at = 1, np.flatnonzero(after >= 1).astype(index)
+    while len(at):
+        a, b = order[at], order[at + t]
+        close = np.bitwise_count(flat[a] ^ flat[b]) <= max_hamming
+        found_a.append(a[close])
+        found_b.append(b[close])
+        t += 1
+        at = at[after[at] >= t]
 
 
 def _components(videos: int, content: np.ndarray, flat: np.ndarray, owner: np.ndarray,
@@ -410,33 +426,42 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
     # Videos: this run's (index 0..), then the carried grouped ones in ledger order. Their
     # usable frame hashes: this run's from its records, the carried ones from the ledger's list
     # column a batch at a time (flattened values and each value's entry), never a list per
-    # video; `owner` (a frame's video) comes out ascending.
+    # video; `owner` (a frame's video) is ascending.
     own_frames = [(i, h) for i, v in enumerate(own) for h in _usable(records[v].get("frame_hashes"))]
+    columns = carried.select(["video_id", "content_id", "frame_hashes"])
+
+    def grouped_batches(keep: np.ndarray):   # (grouped entries, usable hashes, each one's entry)
+        start = 0
+        for batch in columns.to_batches():
+            mask = keep[start:start + batch.num_rows]
+            start += batch.num_rows
+            if mask.any():
+                part = batch.filter(pa.array(mask))
+                values, entry = _flat_hashes(part["frame_hashes"])
+                usable = _usable_bits(values)
+                yield part, values[usable], entry[usable]
+
+    # Two passes over the ledger's hashes: the arrays are filled where they lie (concatenated
+    # parts would hold them twice at the peak).
+    frames = len(own_frames) + sum(len(values) for _, values, _ in grouped_batches(keep))
+    n = len(own) + int(keep.sum())
+    flat = np.empty(frames, np.uint64)
+    owner = np.empty(frames, np.int32 if n < 2**31 else np.int64)
+    flat[:len(own_frames)] = [h for _, h in own_frames]
+    owner[:len(own_frames)] = [i for i, _ in own_frames]
     id_parts = [own_ids]
     content_parts = [pa.array([records[v].get("content_id") for v in own], pa.string())]
-    flat_parts = [np.array([h for _, h in own_frames], np.uint64)]
-    owner_parts = [np.array([i for i, _ in own_frames], np.int64)]
+    filled, video = len(own_frames), len(own)
     del own_frames
-    n, start = len(own), 0
-    for batch in carried.select(["video_id", "content_id", "frame_hashes"]).to_batches():
-        mask = keep[start:start + batch.num_rows]
-        start += batch.num_rows
-        if not mask.any():
-            continue
-        part = batch.filter(pa.array(mask))
+    for part, values, entry in grouped_batches(keep):
         id_parts.append(part["video_id"].cast(pa.string()))
         content_parts.append(part["content_id"].cast(pa.string()))
-        values, entry = _flat_hashes(part["frame_hashes"])
-        usable = _usable_bits(values)
-        flat_parts.append(values[usable])
-        owner_parts.append(entry[usable] + n)
-        n += part.num_rows
-    del keep
+        flat[filled:filled + len(values)] = values
+        owner[filled:filled + len(values)] = entry + video
+        filled, video = filled + len(values), video + part.num_rows
+    del keep, columns
     ids, content = pa.concat_arrays(id_parts), pa.concat_arrays(content_parts)
-    flat, owner = np.concatenate(flat_parts), np.concatenate(owner_parts)
-    del id_parts, content_parts, flat_parts, owner_parts
-    if n < 2**31:
-        owner = owner.astype(np.int32)
+    del id_parts, content_parts
     has_content = _truthy(content)
     codes = np.full(n, -1, np.int64)
     codes[has_content] = pc.dictionary_encode(content.filter(pa.array(has_content))).indices.to_numpy()
