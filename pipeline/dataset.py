@@ -427,7 +427,15 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
     # usable frame hashes: this run's from its records, the carried ones from the ledger's list
     # column a batch at a time (flattened values and each value's entry), never a list per
     # video; `owner` (a frame's video) is ascending.
-    own_frames = [(i, h) for i, v in enumerate(own) for h in _usable(records[v].get("frame_hashes"))]
+    # (np.fromiter: no Python list or tuple per frame, which a full run of ok videos has.)
+    own_hashes = [records[v].get("frame_hashes") or () for v in own]
+    lengths = [len(h) for h in own_hashes]
+    own_flat = np.fromiter((h & 0xFFFFFFFFFFFFFFFF for hs in own_hashes for h in hs), np.uint64,
+                           count=sum(lengths))
+    own_owner = np.repeat(np.arange(len(own), dtype=np.int64), lengths)
+    usable = _usable_bits(own_flat)
+    own_flat, own_owner = own_flat[usable], own_owner[usable]
+    del own_hashes, lengths, usable
     columns = carried.select(["video_id", "content_id", "frame_hashes"])
 
     def grouped_batches(keep: np.ndarray):   # (grouped entries, usable hashes, each one's entry)
@@ -443,16 +451,16 @@ def _groups_and_splits(records: dict[str, dict], carried: pa.Table, light: list[
 
     # Two passes over the ledger's hashes: the arrays are filled where they lie (concatenated
     # parts would hold them twice at the peak).
-    frames = len(own_frames) + sum(len(values) for _, values, _ in grouped_batches(keep))
+    frames = len(own_flat) + sum(len(values) for _, values, _ in grouped_batches(keep))
     n = len(own) + int(keep.sum())
     flat = np.empty(frames, np.uint64)
     owner = np.empty(frames, np.int32 if n < 2**31 else np.int64)
-    flat[:len(own_frames)] = [h for _, h in own_frames]
-    owner[:len(own_frames)] = [i for i, _ in own_frames]
+    flat[:len(own_flat)] = own_flat
+    owner[:len(own_flat)] = own_owner
     id_parts = [own_ids]
     content_parts = [pa.array([records[v].get("content_id") for v in own], pa.string())]
-    filled, video = len(own_frames), len(own)
-    del own_frames
+    filled, video = len(own_flat), len(own)
+    del own_flat, own_owner
     for part, values, entry in grouped_batches(keep):
         id_parts.append(part["video_id"].cast(pa.string()))
         content_parts.append(part["content_id"].cast(pa.string()))
