@@ -14,6 +14,8 @@ What the plan holds, in order:
    difference hashes within `split.max_hamming` bits for `split.min_matched` of one video's
    frames, or the same content_id). A group's split is the split its carried members already
    have, else a hash of the group id and `split.seed` against the configured fractions.
+   Computed in columns (`_groups_and_splits`): a nightly carries nearly every video, and an
+   object per carried video is what bounded the driver's memory (docs/performance.md).
 2. Rows of one task and video with the same images and the same question to drop (the first
    sample_id stays).
 3. Balancing drops (proxyqa.core.balance) among this run's rows; carried rows count.
@@ -300,8 +302,8 @@ def _read_all(read, mapper, sources: list[tuple[str, list[str] | None]], columns
 class DatasetPlan:
     """What commit's compaction applies while it writes the per-split files."""
 
-    # video_id -> split / content_group: this run's videos and the carried ones grouped with
-    # them (not carried videos alone in their group: compaction looks up only its own).
+    # video_id -> split / content_group: this run's videos and the carried ones in a group
+    # with one of them (not carried-only groups: compaction looks up only its own).
     split_of: dict[str, str]
     group_of: dict[str, str]
     dropped: dict[tuple[str, str], list[str]]   # (video_id, task) -> sample_ids left out
