@@ -171,3 +171,52 @@ def test_many_videos_are_searched_by_bands_without_merging_strangers():
     banded = ds._banded_pairs(flat, owner, len(ids), 10, 0.5)
     exact = ds._matching_pairs(flat, owner, len(ids), 10, 0.5)
     assert set(zip(*(x.tolist() for x in banded))) <= set(zip(*(x.tolist() for x in exact)))
+
+
+def _mixed(seed: int) -> list[dict]:
+    """Rows of several kinds: skewed multiple choice, two-choice up/down (both orders of the
+    choices), free-form rows (no choices), rows without an answer, numbered questions, a
+    video whose smallest sample_id is a free-form row, sample_ids out of row order."""
+    rng = random.Random(seed)
+    rows = [{**r, "sample_id": f"{rng.getrandbits(32):08x}"} for r in _skewed(40, seed)]
+    for v in range(30):
+        for _ in range(rng.randint(1, 5)):
+            choices = ["up", "down"] if rng.random() < 0.5 else ["down", "up"]
+            rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "motion_compare",
+                         "video_id": f"v{v % 25}", "answer": "up" if rng.random() < 0.7 else "down",
+                         "question": f"Between frame {rng.randint(1, 9)} and {rng.randint(1, 9)}, did the "
+                                     f"{rng.choice(['left', 'right'])} hand move up or down?",
+                         "choices": choices})
+        for _ in range(rng.randint(0, 3)):   # a text only this video asks: the fallbacks
+            rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "body_part_state",
+                         "video_id": f"v{v}", "question": f"Which option fits the arm of {'xyzw'[v % 4] * (v + 1)}?",
+                         "answer": rng.choice(["a", "a", "b"]), "choices": ["a", "b", "c"]})
+        rows.append({"sample_id": f"0{v:03d}", "task": "motion_compare", "video_id": f"v{v % 25}",
+                     "question": "Which part moved most?", "answer": "left hand",
+                     "choices": None})
+        rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "body_part_state",
+                     "video_id": f"v{v}", "question": "Which option best describes the left arm?",
+                     "answer": None, "choices": ["a", "b", "c"]})
+    rng.shuffle(rows)
+    return rows
+
+
+def test_balancing_in_columns_drops_what_balancing_row_dicts_drops():
+    # Commit balances a task's rows as Arrow columns (plan_drops_table: counts per question,
+    # answer and video, no dict per row): the same drops as plan_drops, carried rows kept.
+    import pyarrow as pa
+
+    from proxyqa.core.balance import plan_drops_table
+
+    for seed in range(6):
+        rows = _mixed(seed)
+        rng = random.Random(seed)
+        droppable = [rng.random() < 0.6 for _ in rows]
+        table = pa.Table.from_pylist(rows, schema=pa.schema([
+            ("sample_id", pa.string()), ("task", pa.string()), ("video_id", pa.string()),
+            ("question", pa.string()), ("answer", pa.string()), ("choices", pa.list_(pa.string()))]))
+        for max_excess, mask in ((0.03, None), (0.03, droppable), (0.0, droppable), (0.1, None)):
+            expected = plan_drops(rows, max_excess, mask)
+            assert plan_drops_table(table, max_excess, mask) == expected
+            if mask is None and max_excess == 0.03:
+                assert expected    # the rows are skewed enough to drop some
