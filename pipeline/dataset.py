@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from proxyqa.core.balance import plan_drops
+from proxyqa.core.balance import plan_drops_table
 from proxyqa.core.config import Config
 from proxyqa.core.hf import hf_readme
 from proxyqa.core.layout import HF_README, run_key, split_of_name, task_dir
@@ -44,6 +44,7 @@ from proxyqa.core.schema import SPLITS
 from proxyqa.core.storage import fresh, get_fs, read_parquet, write_bytes_atomic
 
 ROW_COLUMNS = ["sample_id", "video_id", "task", "question", "answer", "choices", "frame_indices"]
+BALANCE_COLUMNS = ["sample_id", "video_id", "task", "question", "answer", "choices"]
 # Frames this flat (few or almost all bits set) hash mostly noise: they match anything.
 MIN_BITS, MAX_BITS = 6, 58
 # Up to this many videos every pair is compared (exact); frames per numpy block (a block is
@@ -612,10 +613,19 @@ def _alone_splits(ids: pa.ChunkedArray | pa.Array, cfg: Config, chunk: int = 655
 
 def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str], int, int]:
     """One task's sample_ids to leave out of this run's rows: same-video duplicates, then
-    balancing drops (carried rows count but stay). -> (drops, duplicates, balanced away)."""
+    balancing drops (carried rows count but stay). -> (drops, duplicates, balanced away).
+
+    Carried rows stay Arrow columns: a duplicate's key holds its video_id, so only carried
+    rows of this run's videos (usually none) become dicts for it, and balancing takes them
+    as columns (balance.plan_drops_table: the same drops as plan_drops over row dicts)."""
+    if own.num_rows and carried.num_rows:
+        near = carried.filter(pc.fill_null(pc.is_in(carried["video_id"], value_set=pc.unique(
+            own["video_id"].combine_chunks())), False))
+    else:
+        near = carried.slice(0, 0)
     rows: list[dict] = []
     droppable: list[bool] = []
-    for is_own, table in ((True, own), (False, carried)):
+    for is_own, table in ((True, own), (False, near)):
         for r in table.select(ROW_COLUMNS).to_pylist():
             rows.append(r)
             droppable.append(is_own)
@@ -628,12 +638,20 @@ def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str]
             drop.add(r["sample_id"])
         else:
             first.setdefault(key, r["sample_id"])
+    del rows, droppable, first, near
     duplicates = len(drop)
     if cfg.balance.enabled:
-        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
-        sub = [rows[i] for i in keep]
-        drop |= {sub[j]["sample_id"] for j in plan_drops(sub, cfg.balance.max_excess,
-                                                          [droppable[i] for i in keep])}
+        table = pa.concat_tables([own.select(BALANCE_COLUMNS), carried.select(BALANCE_COLUMNS)],
+                                 promote_options="permissive")
+        mine = np.r_[np.ones(own.num_rows, bool), np.zeros(carried.num_rows, bool)]
+        if drop:   # (as the row dicts did: any row whose sample_id is dropped leaves the plan)
+            keep = pc.invert(pc.is_in(table["sample_id"], value_set=pa.array(sorted(drop), pa.string())))
+            keep = pc.fill_null(keep, True)
+            mine = mine[keep.to_numpy(zero_copy_only=False).astype(bool)]
+            table = table.filter(keep)
+        picked = plan_drops_table(table, cfg.balance.max_excess, mine)
+        if picked:
+            drop |= set(table["sample_id"].take(pa.array(sorted(picked), pa.int64())).to_pylist())
     return drop, duplicates, len(drop) - duplicates
 
 

@@ -220,3 +220,53 @@ def test_balancing_in_columns_drops_what_balancing_row_dicts_drops():
             assert plan_drops_table(table, max_excess, mask) == expected
             if mask is None and max_excess == 0.03:
                 assert expected    # the rows are skewed enough to drop some
+
+
+def test_commit_task_drops_in_columns_match_row_dicts():
+    # pipeline/dataset.py _task_drops: same-video duplicates (carried rows first, they stay)
+    # and balancing with carried rows as columns; the reference is the row-dict code.
+    import pyarrow as pa
+
+    from proxyqa.core.config import BalanceConfig
+    from proxyqa.pipeline import dataset as ds
+
+    def reference(own: list[dict], carried: list[dict]) -> tuple[set, int, int]:
+        rows, droppable = own + carried, [True] * len(own) + [False] * len(carried)
+        drop, first = set(), {}
+        for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
+            key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
+            if key in first and is_own:
+                drop.add(r["sample_id"])
+            else:
+                first.setdefault(key, r["sample_id"])
+        duplicates = len(drop)
+        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
+        sub = [rows[i] for i in keep]
+        drop |= {sub[j]["sample_id"] for j in plan_drops(sub, 0.03, [droppable[i] for i in keep])}
+        return drop, duplicates, len(drop) - duplicates
+
+    schema = pa.schema([("sample_id", pa.string()), ("video_id", pa.string()), ("task", pa.string()),
+                        ("question", pa.string()), ("answer", pa.string()), ("choices", pa.list_(pa.string())),
+                        ("frame_indices", pa.list_(pa.int64()))])
+
+    class Cfg:
+        balance = BalanceConfig()
+
+    for seed in range(4):
+        rng = random.Random(seed)
+        rows = [{**r, "frame_indices": [rng.randint(0, 3)]} for r in _mixed(seed)]
+        carried_videos = {f"v{v}" for v in range(0, 40, 3)}
+        own = [r for r in rows if r["video_id"] not in carried_videos]
+        carried = [r for r in rows if r["video_id"] in carried_videos]
+        # Duplicates: of carried rows among this run's (same video, frames, question) and
+        # among this run's own rows.
+        own += [{**r, "sample_id": f"d{i:03d}"} for i, r in enumerate(rng.sample(carried, 8) + rng.sample(own, 8))]
+        got = ds._task_drops(pa.Table.from_pylist(own, schema), pa.Table.from_pylist(carried, schema), Cfg())
+        expected = reference(own, carried)
+        assert got == expected
+        assert expected[1] >= 8 and expected[2] > 0
+    # No rows of this run, or none carried (empty tables as commit reads them).
+    empty = pa.table({c: [] for c in ds.ROW_COLUMNS})
+    assert ds._task_drops(empty, pa.Table.from_pylist(carried, schema), Cfg())[0] == set()
+    got = ds._task_drops(pa.Table.from_pylist(own, schema), empty, Cfg())
+    assert got == reference(own, [])
