@@ -290,8 +290,17 @@ def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int
     del first, second, label, coded
     # Masked questions, answers and names as codes into lists of their distinct values.
     question = pc.dictionary_encode(table["question"]).combine_chunks()
-    masked = [mask_question(q) for q in question.dictionary.to_pylist()] + [mask_question(None)]
-    q_code = pc.fill_null(question.indices, len(masked) - 1).to_numpy()     # (null: the last)
+    # Each distinct masked text once (many raw texts differ only in numbers and boxes), the
+    # raw texts a slice at a time.
+    masked_code: dict[str, int] = {}
+    raw_to_masked = np.empty(len(question.dictionary) + 1, np.int64)
+    for lo in range(0, len(question.dictionary), 65536):
+        for i, q in enumerate(question.dictionary.slice(lo, 65536).to_pylist(), lo):
+            raw_to_masked[i] = masked_code.setdefault(mask_question(q), len(masked_code))
+    raw_to_masked[-1] = masked_code.setdefault(mask_question(None), len(masked_code))
+    masked = list(masked_code)
+    del masked_code
+    q_code = raw_to_masked[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
     answer = pc.dictionary_encode(table["answer"]).combine_chunks()
     answers = answer.dictionary.to_pylist()
     a_code = pc.fill_null(answer.indices, 0).to_numpy()    # (null answers are not `useful`)
