@@ -2,7 +2,8 @@
 
 Pure Python on small row dicts (`task`, `video_id`, `question`, `answer`, `choices`), so the
 commit step (pipeline), the dataset card (trainer) and bench/blind_baseline.py share one
-definition.
+definition; `plan_drops_table` is plan_drops over Arrow columns (commit: an incremental
+run's carried rows without a dict per row), tested against it.
 
 Blind baseline: a model that never sees the images answers a multiple-choice row with the
 answer most common, among rows of the OTHER videos, for the same masked question text
