@@ -65,8 +65,13 @@ def main() -> None:
         videos = videos_with_copies(min(above) - args.copies, args.copies)
         ids = sorted(videos)
         usable = {v: ds._usable(videos[v]["frame_hashes"]) for v in ids}
-        banded = set(ds._banded_pairs(ids, usable, 10, 0.5))
-        exact = set(ds._matching_pairs(ids, usable, 10, 0.5)) if len(ids) <= 25000 else None
+        flat, owner = ds._flat(ids, usable)
+
+        def pairs(search) -> set[tuple[int, int]]:
+            a, b = search(flat, owner, len(ids), 10, 0.5)
+            return set(zip(a.tolist(), b.tolist()))
+        banded = pairs(ds._banded_pairs)
+        exact = pairs(ds._matching_pairs) if len(ids) <= 25000 else None
         check = {"videos": len(ids), "banded_pairs": len(banded),
                  "exact_pairs": None if exact is None else len(exact),
                  "banded_subset_of_exact": None if exact is None else banded <= exact}

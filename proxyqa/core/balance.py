@@ -2,7 +2,8 @@
 
 Pure Python on small row dicts (`task`, `video_id`, `question`, `answer`, `choices`), so the
 commit step (pipeline), the dataset card (trainer) and bench/blind_baseline.py share one
-definition.
+definition; `plan_drops_table` is plan_drops over Arrow columns (commit: an incremental
+run's carried rows without a dict per row), tested against it.
 
 Blind baseline: a model that never sees the images answers a multiple-choice row with the
 answer most common, among rows of the OTHER videos, for the same masked question text
@@ -221,3 +222,109 @@ def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[
             credit[k] = kind.group_credit(k)
         n_rows -= 1
         excess = sum(credit.values()) - target * n_rows
+
+
+def _kind_of_codes(cells: Iterable[tuple[str, str, str, float]]) -> _Kind:
+    """A _Kind from (masked question, answer, video, 1 / len(choices)) per row, in the order
+    _Kind(rows) meets them: the same dicts in the same insertion order, the same sums
+    (added one row at a time, as sum() over the rows adds them), without a dict per row."""
+    kind = _Kind.__new__(_Kind)
+    kind.groups = defaultdict(dict)
+    kind.tot = Counter()
+    kind.per_video = defaultdict(Counter)
+    chance, rows = 0, 0
+    guess_sum: dict[tuple, float] = {}
+    guess_n: Counter = Counter()
+    for key, answer, video, inv in cells:
+        cell = (answer, video)
+        counts = kind.groups[key]
+        counts[cell] = counts.get(cell, 0) + 1
+        kind.tot[answer] += 1
+        kind.per_video[video][answer] += 1
+        g = (key, answer, video)
+        guess_sum[g] = guess_sum.get(g, 0) + inv
+        guess_n[g] += 1
+        chance += inv
+        rows += 1
+    kind.chance = chance / max(rows, 1)
+    kind.guess = {g: s / guess_n[g] for g, s in guess_sum.items()}
+    return kind
+
+
+def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int]:
+    """plan_drops over an Arrow table (columns sample_id, video_id, task, question, answer,
+    choices), the same drops: the rows are read as columns and codes, and Python holds the
+    balancing counts per (question, answer, video) instead of a dict per row, so the rows an
+    incremental run carries (never droppable) cost a few integers each. `droppable`: a bool
+    per row (None: all). Every sample_id must be set."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    drops: set[int] = set()
+    if not n:
+        return drops
+    if table["sample_id"].null_count:
+        raise ValueError("plan_drops_table: rows without a sample_id")
+    droppable = np.ones(n, bool) if droppable is None else np.asarray(droppable, bool)
+    sid = table["sample_id"]
+    # Videos by their smallest sample_id of the task (plan_drops' names).
+    tv = pc.binary_join_element_wise(table["task"], table["video_id"], "\x00")
+    named = pa.table({"tv": tv, "sid": sid}).group_by("tv", use_threads=False).aggregate([("sid", "min")])
+    name = named["sid_min"].take(pc.index_in(tv, value_set=named["tv"]))
+    del tv, named
+    # Answer kinds (answer_kind over the distinct (task, two choices) there are).
+    length = pc.fill_null(pc.list_value_length(table["choices"]), 0).to_numpy(zero_copy_only=False)
+    two = length == 2
+    first = pc.list_element(pc.list_slice(table["choices"], 0, 1), 0)
+    second = pc.list_element(pc.list_slice(table["choices"], 1, 2), 0)
+    label = pc.coalesce(pc.if_else(pa.array(two), pc.binary_join_element_wise(
+        table["task"], first, second, "\x00"), table["task"]), table["task"])
+    coded = pc.dictionary_encode(label).combine_chunks()
+    kinds: list[str | None] = []        # per label: its kind (several labels, one kind)
+    for text in coded.dictionary.to_pylist():
+        task, *choices = text.split("\x00")
+        kinds.append(answer_kind(task, choices if choices else ["", "", ""]))
+    kind_code = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    useful = (length > 0) & pc.is_valid(table["answer"]).to_numpy(zero_copy_only=False)
+    del first, second, label, coded
+    # Masked questions, answers and names as codes into lists of their distinct values.
+    question = pc.dictionary_encode(table["question"]).combine_chunks()
+    # Each distinct masked text once (many raw texts differ only in numbers and boxes), the
+    # raw texts a slice at a time.
+    masked_code: dict[str, int] = {}
+    raw_to_masked = np.empty(len(question.dictionary) + 1, np.int64)
+    for lo in range(0, len(question.dictionary), 65536):
+        for i, q in enumerate(question.dictionary.slice(lo, 65536).to_pylist(), lo):
+            raw_to_masked[i] = masked_code.setdefault(mask_question(q), len(masked_code))
+    raw_to_masked[-1] = masked_code.setdefault(mask_question(None), len(masked_code))
+    masked = list(masked_code)
+    del masked_code
+    q_code = raw_to_masked[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
+    answer = pc.dictionary_encode(table["answer"]).combine_chunks()
+    answers = answer.dictionary.to_pylist()
+    a_code = pc.fill_null(answer.indices, 0).to_numpy()    # (null answers are not `useful`)
+    names = pc.dictionary_encode(name).combine_chunks()
+    videos, v_code = names.dictionary.to_pylist(), names.indices.to_numpy(zero_copy_only=False)
+    inv = 1.0 / np.maximum(length, 1)
+    del question, answer, names, name
+    # In sample_id order (a stable sort, as plan_drops' sorted()).
+    order = pc.sort_indices(sid).to_numpy()
+    for kind in sorted({kinds[c] for c in set(kind_code[useful].tolist())} - {None}):
+        of_kind = np.array([kinds[c] == kind for c in range(len(kinds))])
+        members = order[of_kind[kind_code[order]] & useful[order]]
+
+        def cells(members=members):
+            for lo in range(0, len(members), 65536):
+                part = members[lo:lo + 65536]
+                yield from zip((masked[c] for c in q_code[part].tolist()),
+                               (answers[c] for c in a_code[part].tolist()),
+                               (videos[c] for c in v_code[part].tolist()), inv[part].tolist())
+        pool = defaultdict(list)   # (key, answer, video) -> droppable row indices
+        for i in members[droppable[members]].tolist():
+            pool[(masked[q_code[i]], answers[a_code[i]], videos[v_code[i]])].append(i)
+        for cands in pool.values():
+            cands.sort(key=lambda i: _order(sid[i].as_py()), reverse=True)
+        _greedy(_kind_of_codes(cells()), pool, max_excess, len(members), drops)
+    return drops

@@ -167,4 +167,106 @@ def test_many_videos_are_searched_by_bands_without_merging_strangers():
     assert len(set(groups.values())) == len(videos) - 40          # strangers stay apart
     ids = sorted(videos)
     usable = {v: ds._usable(videos[v]["frame_hashes"]) for v in ids}
-    assert set(ds._banded_pairs(ids, usable, 10, 0.5)) <= set(ds._matching_pairs(ids, usable, 10, 0.5))
+    flat, owner = ds._flat(ids, usable)
+    banded = ds._banded_pairs(flat, owner, len(ids), 10, 0.5)
+    exact = ds._matching_pairs(flat, owner, len(ids), 10, 0.5)
+    assert set(zip(*(x.tolist() for x in banded))) <= set(zip(*(x.tolist() for x in exact)))
+
+
+def _mixed(seed: int) -> list[dict]:
+    """Rows of several kinds: skewed multiple choice, two-choice up/down (both orders of the
+    choices), free-form rows (no choices), rows without an answer, numbered questions, a
+    video whose smallest sample_id is a free-form row, sample_ids out of row order."""
+    rng = random.Random(seed)
+    rows = [{**r, "sample_id": f"{rng.getrandbits(32):08x}"} for r in _skewed(40, seed)]
+    for v in range(30):
+        for _ in range(rng.randint(1, 5)):
+            choices = ["up", "down"] if rng.random() < 0.5 else ["down", "up"]
+            rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "motion_compare",
+                         "video_id": f"v{v % 25}", "answer": "up" if rng.random() < 0.7 else "down",
+                         "question": f"Between frame {rng.randint(1, 9)} and {rng.randint(1, 9)}, did the "
+                                     f"{rng.choice(['left', 'right'])} hand move up or down?",
+                         "choices": choices})
+        for _ in range(rng.randint(0, 3)):   # a text only this video asks: the fallbacks
+            rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "body_part_state",
+                         "video_id": f"v{v}", "question": f"Which option fits the arm of {'xyzw'[v % 4] * (v + 1)}?",
+                         "answer": rng.choice(["a", "a", "b"]), "choices": ["a", "b", "c"]})
+        rows.append({"sample_id": f"0{v:03d}", "task": "motion_compare", "video_id": f"v{v % 25}",
+                     "question": "Which part moved most?", "answer": "left hand",
+                     "choices": None})
+        rows.append({"sample_id": f"{rng.getrandbits(32):08x}", "task": "body_part_state",
+                     "video_id": f"v{v}", "question": "Which option best describes the left arm?",
+                     "answer": None, "choices": ["a", "b", "c"]})
+    rng.shuffle(rows)
+    return rows
+
+
+def test_balancing_in_columns_drops_what_balancing_row_dicts_drops():
+    # Commit balances a task's rows as Arrow columns (plan_drops_table: counts per question,
+    # answer and video, no dict per row): the same drops as plan_drops, carried rows kept.
+    import pyarrow as pa
+
+    from proxyqa.core.balance import plan_drops_table
+
+    for seed in range(6):
+        rows = _mixed(seed)
+        rng = random.Random(seed)
+        droppable = [rng.random() < 0.6 for _ in rows]
+        table = pa.Table.from_pylist(rows, schema=pa.schema([
+            ("sample_id", pa.string()), ("task", pa.string()), ("video_id", pa.string()),
+            ("question", pa.string()), ("answer", pa.string()), ("choices", pa.list_(pa.string()))]))
+        for max_excess, mask in ((0.03, None), (0.03, droppable), (0.0, droppable), (0.1, None)):
+            expected = plan_drops(rows, max_excess, mask)
+            assert plan_drops_table(table, max_excess, mask) == expected
+            if mask is None and max_excess == 0.03:
+                assert expected    # the rows are skewed enough to drop some
+
+
+def test_commit_task_drops_in_columns_match_row_dicts():
+    # pipeline/dataset.py _task_drops: same-video duplicates (carried rows first, they stay)
+    # and balancing with carried rows as columns; the reference is the row-dict code.
+    import pyarrow as pa
+
+    from proxyqa.core.config import BalanceConfig
+    from proxyqa.pipeline import dataset as ds
+
+    def reference(own: list[dict], carried: list[dict]) -> tuple[set, int, int]:
+        rows, droppable = own + carried, [True] * len(own) + [False] * len(carried)
+        drop, first = set(), {}
+        for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
+            key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
+            if key in first and is_own:
+                drop.add(r["sample_id"])
+            else:
+                first.setdefault(key, r["sample_id"])
+        duplicates = len(drop)
+        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
+        sub = [rows[i] for i in keep]
+        drop |= {sub[j]["sample_id"] for j in plan_drops(sub, 0.03, [droppable[i] for i in keep])}
+        return drop, duplicates, len(drop) - duplicates
+
+    schema = pa.schema([("sample_id", pa.string()), ("video_id", pa.string()), ("task", pa.string()),
+                        ("question", pa.string()), ("answer", pa.string()), ("choices", pa.list_(pa.string())),
+                        ("frame_indices", pa.list_(pa.int64()))])
+
+    class Cfg:
+        balance = BalanceConfig()
+
+    for seed in range(4):
+        rng = random.Random(seed)
+        rows = [{**r, "frame_indices": [rng.randint(0, 3)]} for r in _mixed(seed)]
+        carried_videos = {f"v{v}" for v in range(0, 40, 3)}
+        own = [r for r in rows if r["video_id"] not in carried_videos]
+        carried = [r for r in rows if r["video_id"] in carried_videos]
+        # Duplicates: of carried rows among this run's (same video, frames, question) and
+        # among this run's own rows.
+        own += [{**r, "sample_id": f"d{i:03d}"} for i, r in enumerate(rng.sample(carried, 8) + rng.sample(own, 8))]
+        got = ds._task_drops(pa.Table.from_pylist(own, schema), pa.Table.from_pylist(carried, schema), Cfg())
+        expected = reference(own, carried)
+        assert got == expected
+        assert expected[1] >= 8 and expected[2] > 0
+    # No rows of this run, or none carried (empty tables as commit reads them).
+    empty = pa.table({c: [] for c in ds.ROW_COLUMNS})
+    assert ds._task_drops(empty, pa.Table.from_pylist(carried, schema), Cfg())[0] == set()
+    got = ds._task_drops(pa.Table.from_pylist(own, schema), empty, Cfg())
+    assert got == reference(own, [])
