@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 _BOX = re.compile(r"\[[^\[\]]*\]")
@@ -70,7 +70,6 @@ class _Kind:
     """The rows of one answer kind, as counts per (masked question, answer, video)."""
 
     def __init__(self, rows: list[dict]):
-        self.chance = sum(1.0 / len(r["choices"]) for r in rows) / max(len(rows), 1)
         self.groups: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         self.tot: Counter = Counter()                                  # answer -> rows
         self.per_video: dict[str, Counter] = defaultdict(Counter)     # video -> answer -> rows
@@ -82,7 +81,30 @@ class _Kind:
             self.tot[r["answer"]] += 1
             self.per_video[r["video_id"]][r["answer"]] += 1
             guesses[(r["_key"], *cell)].append(1.0 / len(r["choices"]))
-        self.guess = {k: sum(v) / len(v) for k, v in guesses.items()}
+        self.guess_sum = {k: sum(v) for k, v in guesses.items()}
+        self.guess_n = Counter({k: len(v) for k, v in guesses.items()})
+        self.guess = {k: self.guess_sum[k] / n for k, n in self.guess_n.items()}
+        self.chance_sum = sum(self.guess_sum.values())
+        self.n = len(rows)
+
+    @property
+    def chance(self) -> float:
+        return self.chance_sum / max(self.n, 1)
+
+    def remove(self, key: str, answer: str, video: str, inv: float) -> None:
+        """One row fewer (1 / its choices = `inv`): every count, mean and sum the credits and
+        the chance read, as _Kind over the remaining rows has them. The chance moves too:
+        dropping 4-choice rows from a kind mixing 3 and 4 choices raises it, and a greedy
+        aiming at the first chance stopped 0.001 over the real target."""
+        self.groups[key][(answer, video)] -= 1
+        self.tot[answer] -= 1
+        self.per_video[video][answer] -= 1
+        g = (key, answer, video)
+        self.guess_sum[g] -= inv
+        self.guess_n[g] -= 1
+        self.guess[g] = self.guess_sum[g] / self.guess_n[g] if self.guess_n[g] else 0.0
+        self.chance_sum -= inv
+        self.n -= 1
 
     def prior_credit(self, answer: str, video: str, minus: tuple[str, str] | None = None) -> float:
         """Credit of the task-level fallback: the most common answer in the other videos."""
@@ -186,16 +208,22 @@ def plan_drops(rows: Sequence[dict], max_excess: float = 0.03,
                 pool[(r["_key"], r["answer"], r["video_id"])].append(r["_i"])
         for cands in pool.values():
             cands.sort(key=lambda i: _order(str(rows[i].get("sample_id", i))), reverse=True)
-        _greedy(_Kind(members), pool, max_excess, len(members), drops)
+        inv = {r["_i"]: 1.0 / len(r["choices"]) for r in members}
+        _greedy(_Kind(members), pool, max_excess, inv.__getitem__, drops)
     return {order[i] for i in drops}
 
 
-def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[int]) -> None:
-    target = kind.chance + max_excess
+def _greedy(kind: _Kind, pool: dict, max_excess: float, inv: Callable[[int], float],
+            drops: set[int]) -> None:
+    """Drops rows (from `pool`, the last candidate of a cell first) while the kind's blind
+    credit exceeds its chance + max_excess, both summed over the rows left. `inv(i)`:
+    1 / the number of choices of row i."""
     credit = {key: kind.group_credit(key) for key in kind.groups}
     fallback = {key for key in kind.groups if kind.single_video(key)}
-    excess = sum(credit.values()) - target * n_rows
-    while excess > 1e-9:
+
+    def excess() -> float:
+        return sum(credit.values()) - kind.chance_sum - max_excess * kind.n
+    while excess() > 1e-9:
         best_gain, best = 0.0, None
         for key, counts in kind.groups.items():
             for (a, v), n in sorted(counts.items()):
@@ -206,22 +234,20 @@ def _greedy(kind: _Kind, pool: dict, max_excess: float, n_rows: int, drops: set[
                 delta = credit[key] - kind.group_credit(key, trial, minus=(a, v))
                 for other in sorted(fallback - {key}):
                     delta += credit[other] - kind.group_credit(other, minus=(a, v))
-                gain = delta - target
+                # excess falls by the credit lost less the row's chance and its share
+                gain = delta - inv(pool[(key, a, v)][-1]) - max_excess
                 if gain > best_gain + 1e-12:
                     best_gain, best = gain, (key, a, v)
         if best is None:
             return            # only non-droppable rows left to drop: the target is not met
         key, a, v = best
-        drops.add(pool[best].pop())
-        kind.groups[key][(a, v)] -= 1
-        kind.tot[a] -= 1
-        kind.per_video[v][a] -= 1
+        row = pool[best].pop()
+        drops.add(row)
+        kind.remove(key, a, v, inv(row))
         if kind.single_video(key):
             fallback.add(key)
         for k in {key} | fallback:
             credit[k] = kind.group_credit(k)
-        n_rows -= 1
-        excess = sum(credit.values()) - target * n_rows
 
 
 def _kind_of_codes(cells: Iterable[tuple[str, str, str, float]]) -> _Kind:
@@ -246,7 +272,8 @@ def _kind_of_codes(cells: Iterable[tuple[str, str, str, float]]) -> _Kind:
         guess_n[g] += 1
         chance += inv
         rows += 1
-    kind.chance = chance / max(rows, 1)
+    kind.chance_sum, kind.n = chance, rows
+    kind.guess_sum, kind.guess_n = guess_sum, guess_n
     kind.guess = {g: s / guess_n[g] for g, s in guess_sum.items()}
     return kind
 
@@ -326,5 +353,5 @@ def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int
             pool[(masked[q_code[i]], answers[a_code[i]], videos[v_code[i]])].append(i)
         for cands in pool.values():
             cands.sort(key=lambda i: _order(sid[i].as_py()), reverse=True)
-        _greedy(_kind_of_codes(cells()), pool, max_excess, len(members), drops)
+        _greedy(_kind_of_codes(cells()), pool, max_excess, lambda i: float(inv[i]), drops)
     return drops
