@@ -611,6 +611,21 @@ def _alone_splits(ids: pa.ChunkedArray | pa.Array, cfg: Config, chunk: int = 655
     return [(s, first[s], count[s]) for s in count]
 
 
+def same_video_duplicates(rows: list[dict], droppable: list[bool]) -> set[str]:
+    """sample_ids of droppable rows that ask what another row of the same video already asks
+    (task, video, frames, question). Carried rows (not droppable) come first: they stay, and
+    a duplicate of one among this run's rows goes."""
+    drop: set[str] = set()
+    first: dict[tuple, str] = {}
+    for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
+        key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
+        if key in first and is_own:
+            drop.add(r["sample_id"])
+        else:
+            first.setdefault(key, r["sample_id"])
+    return drop
+
+
 def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str], int, int]:
     """One task's sample_ids to leave out of this run's rows: same-video duplicates, then
     balancing drops (carried rows count but stay). -> (drops, duplicates, balanced away).
@@ -629,16 +644,8 @@ def _task_drops(own: pa.Table, carried: pa.Table, cfg: Config) -> tuple[set[str]
         for r in table.select(ROW_COLUMNS).to_pylist():
             rows.append(r)
             droppable.append(is_own)
-    drop: set[str] = set()
-    first: dict[tuple, str] = {}
-    # Carried rows first: they stay, and a duplicate of one among this run's rows goes.
-    for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
-        key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
-        if key in first and is_own:
-            drop.add(r["sample_id"])
-        else:
-            first.setdefault(key, r["sample_id"])
-    del rows, droppable, first, near
+    drop = same_video_duplicates(rows, droppable)
+    del rows, droppable, near
     duplicates = len(drop)
     if cfg.balance.enabled:
         table = pa.concat_tables([own.select(BALANCE_COLUMNS), carried.select(BALANCE_COLUMNS)],

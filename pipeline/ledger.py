@@ -306,12 +306,6 @@ def carry_mask(base: Base, listed_ids: pa.Array, config_hash: str, present: set[
     return eligible
 
 
-def plan_carry(base: Base, listed_ids: pa.Array, config_hash: str, present: set[str]) -> pa.Table:
-    """The base entries of listed videos that need no processing (carry_mask), as rows of
-    base.entries in its order."""
-    return base.entries.filter(pa.array(carry_mask(base, listed_ids, config_hash, present)))
-
-
 def take_carried(base: Base, mask: np.ndarray) -> pa.Table:
     """The rows of base.entries where `mask`, taken out of `base` a column at a time: once
     taken, base.entries keeps only what carry_shards needs of every entry (video_id and

@@ -249,14 +249,10 @@ def test_commit_task_drops_in_columns_match_row_dicts():
     from proxyqa.pipeline import dataset as ds
 
     def reference(own: list[dict], carried: list[dict]) -> tuple[set, int, int]:
+        # Duplicates as commit finds them; balancing with row dicts (plan_drops), the
+        # reference the Arrow-column balancing is held to.
         rows, droppable = own + carried, [True] * len(own) + [False] * len(carried)
-        drop, first = set(), {}
-        for r, is_own in sorted(zip(rows, droppable), key=lambda x: (x[1], x[0]["sample_id"])):
-            key = (r["task"], r["video_id"], tuple(r["frame_indices"] or ()), r["question"])
-            if key in first and is_own:
-                drop.add(r["sample_id"])
-            else:
-                first.setdefault(key, r["sample_id"])
+        drop = ds.same_video_duplicates(rows, droppable)
         duplicates = len(drop)
         keep = [i for i, r in enumerate(rows) if r["sample_id"] not in drop]
         sub = [rows[i] for i in keep]

@@ -14,9 +14,9 @@ from proxyqa.pipeline import ledger
 from proxyqa.pipeline.ledger import (
     ENTRY_SCHEMA,
     Base,
+    carry_mask,
     carry_shards,
     plain_entries,
-    plan_carry,
     read_base_table,
     read_snapshot,
     write_snapshot,
@@ -78,7 +78,7 @@ def _base(tmp_path, monkeypatch, entries: list[dict], batch: int = 3) -> Base:
     return Base(RUN0, table, {})
 
 
-def test_plan_carry_applies_every_rule(tmp_path, monkeypatch):
+def test_carry_mask_applies_every_rule(tmp_path, monkeypatch):
     base = _base(tmp_path, monkeypatch, [e for e, _ in CASES.values()])
     listed = pa.array(sorted(set(CASES) - UNLISTED))
     carried = plan_carry(base, listed, H, present={S1})
@@ -135,3 +135,8 @@ def test_carry_shards_references_whole_shards_copies_shared_ones(tmp_path, monke
     assert [e["video_id"] for e in snap] == ["v1", "v2", "v3", "v5", "v6"]
     assert {e["snapshot_run_id"] for e in snap} == {new_run}
     assert snap[1] == {**entries[1], "shards": [whole, by_task["u"]["key"]], "snapshot_run_id": new_run}
+
+
+def plan_carry(base, listed, config_hash, present):
+    """The carried entries, as plan_run takes them (carry_mask over base.entries)."""
+    return base.entries.filter(pa.array(carry_mask(base, listed, config_hash, present)))
