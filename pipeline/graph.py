@@ -17,7 +17,7 @@ from proxyqa.core.config import Config
 from proxyqa.core.errors import one_line
 from proxyqa.core.schema import to_arrow
 from proxyqa.pipeline.memory import release_freed_memory
-from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, steps  # noqa: F401 - bench uses them from here
+from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, fused, steps, unfusable  # noqa: F401 - bench uses them from here
 
 if TYPE_CHECKING:
     from proxyqa.pipeline.run import Run
@@ -95,7 +95,7 @@ def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_bloc
     per_block = per_block or videos_per_block(cfg, len(videos), cpus)
     ds = ray.data.from_arrow(input_blocks(videos, per_block))
     release_freed_memory()   # the serialization buffers of every input block
-    plan = steps(cfg, run, engine_urls)
+    plan = worker_plan(cfg, run, engine_urls)
     for step, num_cpus in zip(plan, cpu_reservations(plan, cpus)):
         res = step.resources
         # A subclass per stage so Ray's progress bars and logs name the stage.
@@ -122,6 +122,20 @@ def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_bloc
     return ds
 
 
+def worker_plan(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
+    """The plan as Ray runs it: a pool per step, or one fused step (`ray.fuse_stages`) whose
+    workers, one per CPU, each run every stage. A stage placed by GPUs or custom resources
+    keeps the pools (placement wins; one warning)."""
+    plan = steps(cfg, run, engine_urls)
+    if not cfg.ray.fuse_stages:
+        return plan
+    if unfusable(plan):
+        log.warning("ray.fuse_stages: %s ask(s) for GPUs or custom resources, which place stages "
+                    "on their own nodes: running a worker pool per stage", ", ".join(unfusable(plan)))
+        return plan
+    return [fused(plan, workers=_cluster_cpus())]
+
+
 def _cluster_cpus() -> int:
     import ray
 
@@ -137,7 +151,7 @@ def alive_nodes() -> list[dict[str, float]]:
 
 def stage_needs(cfg: Config, run: Run) -> dict[str, dict[str, float]]:
     """What one worker of each stage needs from a single node (CPUs scaled as in the plan)."""
-    plan = steps(cfg, run)
+    plan = worker_plan(cfg, run)
     needs = {}
     for step, num_cpus in zip(plan, cpu_reservations(plan, _cluster_cpus())):
         res = step.resources

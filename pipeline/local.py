@@ -6,23 +6,19 @@ with its URL (`steps(cfg, run, engine_urls=[url])`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
-from proxyqa.pipeline.plan import Step
+from proxyqa.pipeline.plan import Fused, Step
 from proxyqa.stages.base import Batch, to_batch, to_rows
 
 
 class LocalExecutor:
     def __init__(self, plan: Sequence[Step]):
         self.plan = list(plan)
-        self._stages: list[Callable[[Batch], Batch]] = [s.stage(**s.kwargs) for s in self.plan]
+        self._fused = Fused(self.plan)   # each step on slices of its own batch size
 
     def run_batch(self, batch: Batch) -> Batch:
-        for step, stage in zip(self.plan, self._stages):
-            batch = stage(batch)
-            for name in step.drop_after:
-                batch.pop(name, None)
-        return batch
+        return self._fused(batch)
 
     def run(self, videos: Sequence[dict], batch_size: int = 8) -> Iterator[dict]:
         """One record per video (what the writer returns), `batch_size` videos at a time."""

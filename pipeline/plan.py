@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from proxyqa.core.config import Config, Resources
+from proxyqa.core.config import Config, ConfigError, Resources
 
 if TYPE_CHECKING:
     from proxyqa.pipeline.run import Run
@@ -29,6 +29,10 @@ class Step:
     kwargs: dict[str, Any]
     resources: Resources
     drop_after: tuple[str, ...] = ()       # columns no later step needs (less data between stages)
+
+    @property
+    def name(self) -> str:
+        return self.stage.__name__
 
 
 # Stage modules are imported where used, not at module level: every Ray worker imports this
@@ -62,3 +66,54 @@ def steps(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
                      cfg.write.resources))
     return plan
 
+
+
+class Fused:
+    """Several steps as one stage: a batch goes through each step in turn, in slices of that
+    step's own batch size, in this process. The local executor runs the whole plan this
+    way, and `ray.fuse_stages` gives each Ray worker the whole plan: a video's frames then
+    never leave the process that decoded them (no object-store copies, no Arrow round trip
+    per stage) and one worker per CPU starts instead of one pool per stage."""
+
+    def __init__(self, steps: Sequence[Step]):
+        self.steps = list(steps)
+        self.stages = [s.stage(**s.kwargs) for s in self.steps]
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        for step, stage in zip(self.steps, self.stages):
+            n = len(next(iter(batch.values()), ()))
+            size = step.resources.batch_size or max(n, 1)
+            parts = [stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)]
+            batch = {k: [x for p in parts for x in p.get(k, [None] * _rows(p))]
+                     for k in _columns(parts)} if parts else batch
+            for name in step.drop_after:
+                batch.pop(name, None)
+        return batch
+
+
+def _rows(batch: dict[str, list]) -> int:
+    return len(next(iter(batch.values()), ()))
+
+
+def _columns(parts: list[dict[str, list]]) -> list[str]:
+    names: list[str] = []
+    for p in parts:
+        names.extend(k for k in p if k not in names)
+    return names
+
+
+def unfusable(plan: Sequence[Step]) -> list[str]:
+    """Steps that ask for GPUs or custom resources: those exist to put stages on different
+    nodes (GPU nodes, decode nodes), which one fused worker cannot honour."""
+    return [s.name for s in plan if s.resources.num_gpus or s.resources.custom]
+
+
+def fused(plan: Sequence[Step], workers: int | None = None) -> Step:
+    """The plan as one step (`ray.fuse_stages`): `workers` workers (the executor passes one
+    per CPU, all started at once), each running every stage."""
+    if unfusable(plan):
+        raise ConfigError(f"cannot fuse {', '.join(unfusable(plan))}: GPUs or custom resources")
+    memory = [s.resources.memory_gb for s in plan if s.resources.memory_gb]
+    return Step(Fused, dict(steps=list(plan)), Resources(
+        num_cpus=1.0, batch_size=max(s.resources.batch_size for s in plan), concurrency=workers,
+        memory_gb=sum(memory) if memory else None))

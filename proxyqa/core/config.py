@@ -591,6 +591,13 @@ class RayConfig(Strict):
         "the run with exit 3 and one line (resumable), instead of waiting for blocks Ray "
         "cannot rebuild. Keep it above the longest a single batch takes.",
     )
+    fuse_stages: bool = Field(
+        False,
+        description="Run every stage of a video in one worker (one per CPU) instead of one "
+        "worker pool per stage: no frames pass between processes and 2 actors start instead "
+        "of 5, for single-machine CPU runs (configs/local.yaml; docs/performance.md). Ignored, "
+        "with a warning, when a stage asks for GPUs or custom resources (placement wins).",
+    )
     shared_paths: bool = Field(
         False,
         description="Local input/output paths are on storage every Ray node sees (NFS, a "

@@ -1,6 +1,8 @@
 """Ray workers SIGKILLed mid-run. The run is a real `proxyqa run` process with its own local
-Ray; the victim is its pose actor, killed while it is inside PoseStage.process (py-spy, a
-dependency of ray[default], reads the worker's Python stack from outside).
+Ray; the victim is the actor running the pose stage (its own pool, or a fused worker running
+every stage: `ray.fuse_stages`, as configs/local.yaml sets), killed while it is inside
+PoseStage.process (py-spy, a dependency of ray[default], reads the worker's Python stack
+from outside).
 
 - Killed once: Ray restarts the actor and retries the call; the video's rows are exactly
   those of an undisturbed run, with no duplicate.
@@ -63,7 +65,7 @@ def _run_and_kill(config: Path, folder: Path, out: Path, should_kill, *extra: st
     deadline = time.time() + timeout
     try:
         while proc.poll() is None and time.time() < deadline:
-            for worker in stage_workers(proc.pid, "PoseStage"):
+            for worker in stage_workers(proc.pid, "PoseStage") + stage_workers(proc.pid, "Fused"):
                 seen.add(worker.pid)
                 uri = _pose_video(worker.pid)
                 if uri and should_kill(uri, kills):

@@ -48,3 +48,47 @@ def test_local_executor_gives_the_rows_of_a_ray_run(tmp_path):
         assert sum(counts[row["video_id"]].values()) == len(row["samples"]) > 0
         assert all(shard.endswith(".parquet") for shard in next(
             r["shards"] for r in records if r["video_id"] == row["video_id"]))
+
+
+class _Recorder:
+    """A stage that records the batch sizes it is called with and tags its rows (the
+    slicing contract of Fused, which real stages cannot show: they accept any size)."""
+
+    calls: list[tuple[str, int]] = []
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def __call__(self, batch):
+        n = len(batch["video_id"])
+        _Recorder.calls.append((self.tag, n))
+        return {**batch, self.tag: [self.tag] * n}
+
+
+def test_fused_runs_each_step_on_slices_of_its_own_batch_size():
+    from proxyqa.core.config import Resources
+    from proxyqa.pipeline.plan import Fused, Step, fused
+
+    plan = [Step(_Recorder, {"tag": "a"}, Resources(batch_size=1), drop_after=("a",)),
+            Step(_Recorder, {"tag": "b"}, Resources(batch_size=3))]
+    _Recorder.calls.clear()
+    out = Fused(plan)({"video_id": [f"v{i}" for i in range(5)]})
+    assert _Recorder.calls == [("a", 1)] * 5 + [("b", 3), ("b", 2)]
+    assert out == {"video_id": [f"v{i}" for i in range(5)], "b": ["b"] * 5}   # "a" dropped
+    step = fused(plan, workers=2)
+    assert (step.resources.batch_size, step.resources.concurrency, step.resources.num_cpus) == (3, 2, 1.0)
+
+
+def test_stages_placed_on_their_own_nodes_are_not_fused():
+    import pytest
+
+    from proxyqa.core.config import ConfigError, Resources
+    from proxyqa.pipeline.plan import Step, fused, unfusable
+
+    plan = [Step(_Recorder, {"tag": "a"}, Resources()),
+            Step(_Recorder, {"tag": "b"}, Resources(num_gpus=1)),
+            Step(_Recorder, {"tag": "c"}, Resources(custom={"decode_node": 0.01}))]
+    assert unfusable(plan) == ["_Recorder", "_Recorder"] and unfusable(plan[:1]) == []
+    with pytest.raises(ConfigError, match="cannot fuse"):
+        fused(plan)
+    assert fused(plan[:1]).stage.__name__ == "Fused"
