@@ -76,7 +76,7 @@ def ray_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
         wall = time.perf_counter() - start
     ops = op_stats(ds)
     # Start-up = until the first stage starts on its first video (actors created, models loaded).
-    # (the input operator is FromArrow since listing became Arrow blocks; FromItems before)
+    # (the input operator: FromItems, FromArrow or FromBlocks as the listing changed form)
     startup = next((o["start_s"] for o in ops if not o["operator"].startswith("From")), 0.0)
     return {"wall_s": round(wall, 3), "startup_s": startup,
             "steady_per_s": round(len(records) / (wall - startup), 4),
