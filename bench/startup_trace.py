@@ -108,6 +108,22 @@ class _PatchAfterImport:
         return spec
 
 
+def _traced_stage(stage):
+    """A stage of a Fused step, its first call and output traced under its own name, so that
+    the first decoded video is seen inside a worker running every stage."""
+    name, first = type(stage).__name__, [True]
+
+    def call(batch):
+        if first[0]:
+            emit("first_call", stage=name)
+        out = stage(batch)
+        if first[0]:
+            first[0] = False
+            emit("first_output", stage=name, cpu=round(time.process_time(), 3))
+        return out
+    return call
+
+
 def _trace_adapter(graph) -> None:
     adapter = graph.ArrowAdapter
     if getattr(adapter, "_startup_traced", False):
@@ -123,6 +139,9 @@ def _trace_adapter(graph) -> None:
         emit("construct_start", stage=name, cpu=round(time.process_time(), 3))
         init(self, *args, **kwargs)
         emit("construct_done", stage=name, cpu=round(time.process_time(), 3))
+        inner = getattr(self.stage, "stages", None)   # a Fused step (ray.fuse_stages)
+        if inner:
+            self.stage.stages = [_traced_stage(s) for s in inner]
 
     @functools.wraps(call)
     def traced_call(self, table):

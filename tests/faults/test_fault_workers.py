@@ -31,8 +31,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 # One pose actor, one video per call: a kill lands inside one video's pose work.
+# One pose worker to watch (the killer reads each candidate's stack with py-spy; two workers
+# halve how often it looks at each): a pose pool of one, or one fused worker on a 1-CPU Ray.
 ONE_AT_A_TIME = ("--set", "pose.resources.concurrency=1", "--set", "pose.resources.batch_size=1",
-                 "--set", "write.resources.batch_size=1")
+                 "--set", "write.resources.batch_size=1", "--set", "ray.num_cpus=1")
 
 
 def _pose_video(pid: int) -> str | None:
