@@ -250,7 +250,7 @@ def _greedy(kind: _Kind, pool: dict, max_excess: float, inv: Callable[[int], flo
             credit[k] = kind.group_credit(k)
 
 
-def _ranks(dictionary) -> "np.ndarray":
+def _ranks(dictionary):
     """Each value's rank in string order (Arrow sorts UTF-8 bytes: Python's str order)."""
     import numpy as np
     import pyarrow.compute as pc

@@ -113,7 +113,7 @@ def _videos(T: np.ndarray, cntT: np.ndarray, lv: np.ndarray, ew: np.ndarray, eb:
                           np.where(ke == 1, np.where(n2e >= 1, y1[ew], np.where(te == 1, y0[ew], 0.0)), 0.0)),
                  0.0)
     pos = t > 0
-    Hx = np.bincount(t[pos], weights=X[pos], minlength=len(cntT))
+    Hx = np.bincount(t[pos], weights=X[pos], minlength=len(cntT)).astype(float)
     corr = D - np.where((Tb == te) & (te > 0), X[ew], 0.0)
     return cred, pr, D, Hx, corr
 
