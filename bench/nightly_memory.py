@@ -19,8 +19,8 @@ imports `proxyqa` from its venv), e.g. `/work/main/.venv/bin/python bench/nightl
   over Arrow tables, as commit calls it): N carried rows (2 per video, 20 templated masked
   questions with numbers, 8 answers skewed per question, 3 or 4 choices) and 1% of N new
   rows. Reported: RSS and tracemalloc peaks over the tables' own memory, per carried row.
-  Then the greedy's time when all N rows are droppable (a full run) at a skew where ~5%
-  and ~30% of them must go (`--no-greedy` skips it). `--sizes` are row counts here.
+  Then, once, the greedy's time over `--greedy-rows` rows (default 50,000), all droppable (a
+  full run), at skews where ~5% and ~30% of them must go (0: skip). `--sizes` count rows.
 
 Reported: RSS before planning, the peak through plan + commit, the difference per carried
 video, and the line a + b x N through the two largest sizes at N = 1,000,000. Writes
@@ -173,7 +173,7 @@ def synthetic_task(n: int, skew: float, seed: int = 0):
         "frame_indices": pa.array([[int(f)] for f in frame.tolist()], pa.list_(pa.int64()))})
 
 
-def balance_one(n: int, greedy: bool) -> dict:
+def balance_one(n: int, greedy_rows: int) -> dict:
     """Balancing one task of n carried rows in this process (`balance` in the module doc)."""
     import gc
     import threading
@@ -220,13 +220,12 @@ def balance_one(n: int, greedy: bool) -> dict:
            "rss_delta_mib": round((peak[0] - before) / 2**20, 1),
            "rss_bytes_per_carried_row": round((peak[0] - before) / n),
            "traced_bytes_per_carried_row": round(traced / n), "wall_s": round(wall, 2)}
-    if greedy:
-        for skew in (0.3, 0.6):
-            table = synthetic_task(n, skew, seed=1)
-            start = time.time()
-            picked = plan_drops_table(table.select(dataset.BALANCE_COLUMNS), cfg.balance.max_excess)
-            out[f"greedy_skew{skew}_dropped_share"] = round(len(picked) / n, 3)
-            out[f"greedy_skew{skew}_s"] = round(time.time() - start, 2)
+    for skew in (0.2, 0.5) if greedy_rows else ():
+        table = synthetic_task(greedy_rows, skew, seed=1)
+        start = time.time()
+        picked = plan_drops_table(table.select(dataset.BALANCE_COLUMNS), cfg.balance.max_excess)
+        out[f"greedy_{greedy_rows}_skew{skew}_dropped"] = round(len(picked) / greedy_rows, 3)
+        out[f"greedy_{greedy_rows}_skew{skew}_s"] = round(time.time() - start, 2)
     return out
 
 
@@ -234,12 +233,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="20000,100000")
     parser.add_argument("--kind", choices=["skipped", "ok", "balance"], default="skipped")
-    parser.add_argument("--no-greedy", action="store_true", help="balance: skip the greedy timing")
+    parser.add_argument("--greedy-rows", type=int, default=50000, help="balance: greedy timing rows (0: skip)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)   # a child process
     args = parser.parse_args()
     if args.one:
         if args.kind == "balance":
-            print(json.dumps(balance_one(args.one, not args.no_greedy)))
+            print(json.dumps(balance_one(args.one, args.greedy_rows)))
         else:
             print(json.dumps(one(args.one, args.kind)))
         return
@@ -247,12 +246,13 @@ def main() -> None:
         import common  # noqa: F401  (environment)
         from common import table, write_json
         rows = []
-        for n in (int(s) for s in args.sizes.split(",")):
-            done = subprocess.run([sys.executable, __file__, "--one", str(n), "--kind", "balance"]
-                                  + (["--no-greedy"] if args.no_greedy else []),
+        for i, n in enumerate(int(s) for s in args.sizes.split(",")):
+            done = subprocess.run([sys.executable, __file__, "--one", str(n), "--kind", "balance",
+                                   "--greedy-rows", str(args.greedy_rows if i == 0 else 0)],
                                   check=True, capture_output=True, text=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(table(rows, list(rows[0])))
+        for r in rows:
+            print(table([r], list(r)))
         write_json("nightly_memory_balance", {"runs": rows})
         return
     import common  # noqa: F401  (environment)

@@ -299,7 +299,7 @@ def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int
     for text in coded.dictionary.to_pylist():
         task, *choices = text.split("\x00")
         kinds.append(answer_kind(task, choices if choices else ["", "", ""]))
-    kind_code = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    kind_code = coded.indices.to_numpy(zero_copy_only=False)
     useful = (length > 0) & pc.is_valid(table["answer"]).to_numpy(zero_copy_only=False)
     del first, second, label, coded, two
     # Masked questions, answers and names as codes. Each distinct masked text once (many
@@ -312,12 +312,12 @@ def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int
             raw_to_masked[i] = masked_code.setdefault(mask_question(q), len(masked_code))
     raw_to_masked[-1] = masked_code.setdefault(mask_question(None), len(masked_code))
     del masked_code
-    q_code = raw_to_masked[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
+    q_code = raw_to_masked.astype(np.int32)[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
     del question, raw_to_masked
     answer = pc.dictionary_encode(table["answer"]).combine_chunks()
-    a_rank = _ranks(answer.dictionary)[pc.fill_null(answer.indices, 0).to_numpy()]  # (null: not useful)
+    a_rank = _ranks(answer.dictionary).astype(np.int32)[pc.fill_null(answer.indices, 0).to_numpy()]  # (null: not useful)
     names = pc.dictionary_encode(name).combine_chunks()
-    v_rank = _ranks(names.dictionary)[names.indices.to_numpy(zero_copy_only=False)]
+    v_rank = _ranks(names.dictionary).astype(np.int32)[names.indices.to_numpy(zero_copy_only=False)]
     inv = 1.0 / np.maximum(length, 1)
     del answer, names, name, length
     # In sample_id order (a stable sort, as plan_drops' sorted()).

@@ -169,7 +169,7 @@ class KindGreedy:
         self.gnv = np.bincount(ug, minlength=ng).astype(np.int64)
         del key, ukey, vinv, ug, gfirst, pid, gpair
         # Cells by video (the prior reads a video's answers over the whole kind).
-        self.by_video = np.argsort(self.cv, kind="stable")
+        self.by_video = np.argsort(self.cv, kind="stable").astype(np.int32)
         nvk = int(self.cv.max()) + 1 if nc else 0
         self.vstart = np.searchsorted(self.cv[self.by_video], np.arange(nvk + 1))
         # Pools: droppable rows per cell, the one to go first last.
@@ -185,13 +185,12 @@ class KindGreedy:
         self.prow = prow
         self.pcell = cell[prow]
         self.pinv = inv[prow]
-        self.pend = np.searchsorted(self.pcell, np.arange(nc), side="right")
-        self.pstart = np.searchsorted(self.pcell, np.arange(nc), side="left")
+        self.pend = np.searchsorted(self.pcell, np.arange(nc), side="right").astype(np.int32)
+        self.pstart = np.searchsorted(self.pcell, np.arange(nc), side="left").astype(np.int32)
+        del self.pcell
         del cell, drows, rank
         # Candidates: cells with droppable rows, in scan order.
         self.cand = np.flatnonzero(self.pend > self.pstart)
-        self.cand_pos = np.full(nc, -1, np.int64)
-        self.cand_pos[self.cand] = np.arange(len(self.cand))
         self.own = np.zeros(nc)               # credit lost with one row of the cell (own group)
         self.gcredit = np.zeros(ng)           # credit of multi-video groups
         self.single = np.zeros(ng, bool)      # groups at most one video asks (fallback)
