@@ -349,12 +349,15 @@ class KindGreedy:
         top = float(self.bmax.max())
         if not top > 1e-12:
             return None
+        near = np.concatenate([np.flatnonzero(self.gain[b * _BLOCK:(b + 1) * _BLOCK] >= top - _NEAR) + b * _BLOCK
+                               for b in np.flatnonzero(self.bmax >= top - _NEAR).tolist()])
+        values = self.gain[near]
+        if float(values.min()) > top - 1e-12:
+            return int(self.cand[near[0]])     # interchangeable cells: the scan keeps the first
         best_gain, best = 0.0, None
-        for b in np.flatnonzero(self.bmax >= top - _NEAR).tolist():
-            part = self.gain[b * _BLOCK:(b + 1) * _BLOCK]
-            for i in (np.flatnonzero(part >= top - _NEAR) + b * _BLOCK).tolist():
-                if self.gain[i] > best_gain + 1e-12:
-                    best_gain, best = float(self.gain[i]), i
+        for i, g in zip(near.tolist(), values.tolist()):
+            if g > best_gain + 1e-12:
+                best_gain, best = g, i
         return None if best is None else int(self.cand[best])
 
     def excess(self) -> float:
