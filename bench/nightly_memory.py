@@ -1,6 +1,6 @@
 """Driver memory of a nightly (`--incremental`) with nothing new, per carried video, without Ray.
 
-    python bench/nightly_memory.py [--sizes 20000,100000] [--kind skipped|ok]
+    python bench/nightly_memory.py [--sizes 20000,100000] [--kind skipped|ok|balance]
 
 Each size runs in a fresh process: a synthetic base run (its ledger snapshot, manifest and
 `latest`) of N videos, then `plan_run` and `commit` of an incremental run over the same N
@@ -14,7 +14,13 @@ imports `proxyqa` from its venv), e.g. `/work/main/.venv/bin/python bench/nightl
 - `ok`: entries with rows: a content_id, 16 frame hashes, rows per task, 8 shard keys (one
   per task, 250 videos a shard; the files exist but are empty). The dataset step's reading
   of the carried shards' light columns (split, content group, balancing) is stubbed out:
-  that part grows with the dataset's rows, not with the ledger (docs/performance.md).
+  that part grows with the dataset's rows, not with the ledger; `balance` measures it.
+- `balance`: the commit step's balancing of one task for real (`pipeline.dataset._task_drops`
+  over Arrow tables, as commit calls it): N carried rows (2 per video, 20 templated masked
+  questions with numbers, 8 answers skewed per question, 3 or 4 choices) and 1% of N new
+  rows. Reported: RSS and tracemalloc peaks over the tables' own memory, per carried row.
+  Then, once, the greedy's time over `--greedy-rows` rows (default 50,000), all droppable (a
+  full run), at skews where ~5% and ~30% of them must go (0: skip). `--sizes` count rows.
 
 Reported: RSS before planning, the peak through plan + commit, the difference per carried
 video, and the line a + b x N through the two largest sizes at N = 1,000,000. Writes
@@ -135,14 +141,119 @@ def one(n: int, kind: str) -> dict:
             "delta_bytes_per_video": round((peak[0] - before) / n), "wall_s": round(wall, 2)}
 
 
+def synthetic_task(n: int, skew: float, seed: int = 0):
+    """One task's light rows as commit reads them (`balance` in the module doc)."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    states = np.array(["straight", "bent at the knee", "bent at the elbow", "raised above the head",
+                       "hanging down by the side", "leaning", "upright", "stretched out"])
+    parts = ["left leg", "right leg", "left arm", "right arm", "torso"]
+    templates = ["Which option best describes the {p} in frame {f}?", "In image {f}, how is the {p} held?",
+                 "What state is the {p} in at frame {f} of 16?", "Frame {f}: the {p} is ...?"]
+    q_of = rng.integers(0, len(parts) * len(templates), n)
+    frame = rng.integers(1, 17, n)
+    question = [templates[q % 4].format(p=parts[q // 4], f=f) for q, f in zip(q_of.tolist(), frame.tolist())]
+    # Each masked question has its own over-asked answer.
+    top = q_of % len(states)
+    answer = np.where(rng.random(n) < skew, top, rng.integers(0, len(states), n))
+    four = rng.random(n) < 0.5
+    choices = []
+    for a, f4 in zip(answer.tolist(), four.tolist()):
+        wrong = [s for s in range(len(states)) if s != a][:3 if f4 else 2]
+        choices.append([states[a]] + [states[w] for w in wrong])
+    video = np.arange(n) // 2
+    return pa.table({
+        "sample_id": pa.array([f"{x:016x}" for x in rng.integers(0, 2**62, n).tolist()]),
+        "video_id": pa.array([f"vid{v:09d}" for v in video.tolist()]),
+        "task": pa.array(["body_part_state"] * n),
+        "question": pa.array(question), "answer": pa.array(states[answer].tolist()),
+        "choices": pa.array(choices, pa.list_(pa.string())),
+        "frame_indices": pa.array([[int(f)] for f in frame.tolist()], pa.list_(pa.int64()))})
+
+
+def balance_one(n: int, greedy_rows: int) -> dict:
+    """Balancing one task of n carried rows in this process (`balance` in the module doc)."""
+    import gc
+    import threading
+    import time
+    import tracemalloc
+
+    import psutil
+    import pyarrow as pa
+
+    from proxyqa.core.balance import plan_drops_table
+    from proxyqa.core.config import load_config
+    from proxyqa.pipeline import dataset
+    from proxyqa.pipeline.memory import release_freed_memory
+
+    cfg = load_config(str(REPO / "configs" / "local.yaml"), [])
+    rows = synthetic_task(n + n // 100, skew=0.5)
+    carried, own = rows.slice(0, n), rows.slice(n)
+    carried = pa.Table.from_batches(carried.to_batches())   # own buffers, as read from shards
+    own = pa.Table.from_batches(own.to_batches())
+    del rows
+    gc.collect()
+    release_freed_memory()
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.time()
+    drop, dup, bal = dataset._task_drops(own, carried, cfg)
+    wall = time.time() - start
+    done.set()
+    sampler.join()
+    tracemalloc.start()
+    dataset._task_drops(own, carried, cfg)
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    out = {"carried_rows": n, "own_rows": own.num_rows, "balanced_away": bal,
+           "rss_delta_mib": round((peak[0] - before) / 2**20, 1),
+           "rss_bytes_per_carried_row": round((peak[0] - before) / n),
+           "traced_bytes_per_carried_row": round(traced / n), "wall_s": round(wall, 2)}
+    for skew in (0.27, 0.5) if greedy_rows else ():
+        table = synthetic_task(greedy_rows, skew, seed=1)
+        start = time.time()
+        picked = plan_drops_table(table.select(dataset.BALANCE_COLUMNS), cfg.balance.max_excess)
+        out[f"greedy_{greedy_rows}_skew{skew}_dropped"] = round(len(picked) / greedy_rows, 3)
+        out[f"greedy_{greedy_rows}_skew{skew}_s"] = round(time.time() - start, 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="20000,100000")
-    parser.add_argument("--kind", choices=["skipped", "ok"], default="skipped")
+    parser.add_argument("--kind", choices=["skipped", "ok", "balance"], default="skipped")
+    parser.add_argument("--greedy-rows", type=int, default=50000, help="balance: greedy timing rows (0: skip)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)   # a child process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.kind)))
+        if args.kind == "balance":
+            print(json.dumps(balance_one(args.one, args.greedy_rows)))
+        else:
+            print(json.dumps(one(args.one, args.kind)))
+        return
+    if args.kind == "balance":
+        import common  # noqa: F401  (environment)
+        from common import table, write_json
+        rows = []
+        for i, n in enumerate(int(s) for s in args.sizes.split(",")):
+            done = subprocess.run([sys.executable, __file__, "--one", str(n), "--kind", "balance",
+                                   "--greedy-rows", str(args.greedy_rows if i == 0 else 0)],
+                                  check=True, capture_output=True, text=True)
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for r in rows:
+            print(table([r], list(r)))
+        write_json("nightly_memory_balance", {"runs": rows})
         return
     import common  # noqa: F401  (environment)
     from common import table, write_json

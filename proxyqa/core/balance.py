@@ -250,43 +250,29 @@ def _greedy(kind: _Kind, pool: dict, max_excess: float, inv: Callable[[int], flo
             credit[k] = kind.group_credit(k)
 
 
-def _kind_of_codes(cells: Iterable[tuple[str, str, str, float]]) -> _Kind:
-    """A _Kind from (masked question, answer, video, 1 / len(choices)) per row, in the order
-    _Kind(rows) meets them: the same dicts in the same insertion order, the same sums
-    (added one row at a time, as sum() over the rows adds them), without a dict per row."""
-    kind = _Kind.__new__(_Kind)
-    kind.groups = defaultdict(dict)
-    kind.tot = Counter()
-    kind.per_video = defaultdict(Counter)
-    chance, rows = 0, 0
-    guess_sum: dict[tuple, float] = {}
-    guess_n: Counter = Counter()
-    for key, answer, video, inv in cells:
-        cell = (answer, video)
-        counts = kind.groups[key]
-        counts[cell] = counts.get(cell, 0) + 1
-        kind.tot[answer] += 1
-        kind.per_video[video][answer] += 1
-        g = (key, answer, video)
-        guess_sum[g] = guess_sum.get(g, 0) + inv
-        guess_n[g] += 1
-        chance += inv
-        rows += 1
-    kind.chance_sum, kind.n = chance, rows
-    kind.guess_sum, kind.guess_n = guess_sum, guess_n
-    kind.guess = {g: s / guess_n[g] for g, s in guess_sum.items()}
-    return kind
+def _ranks(dictionary):
+    """Each value's rank in string order (Arrow sorts UTF-8 bytes: Python's str order)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
 def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int]:
     """plan_drops over an Arrow table (columns sample_id, video_id, task, question, answer,
-    choices), the same drops: the rows are read as columns and codes, and Python holds the
-    balancing counts per (question, answer, video) instead of a dict per row, so the rows an
-    incremental run carries (never droppable) cost a few integers each. `droppable`: a bool
-    per row (None: all). Every sample_id must be set."""
+    choices), the same drops: the rows are read as columns and integer codes, and the
+    greedy runs over numpy arrays (balance_greedy.KindGreedy: counts per (question, answer,
+    video) cell, cached gains), so the rows an incremental run carries (never droppable)
+    cost a few dozen bytes each. `droppable`: a bool per row (None: all). Every sample_id
+    must be set."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from proxyqa.core.balance_greedy import KindGreedy
 
     n = table.num_rows
     drops: set[int] = set()
@@ -313,45 +299,49 @@ def plan_drops_table(table, max_excess: float = 0.03, droppable=None) -> set[int
     for text in coded.dictionary.to_pylist():
         task, *choices = text.split("\x00")
         kinds.append(answer_kind(task, choices if choices else ["", "", ""]))
-    kind_code = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    kind_code = coded.indices.to_numpy(zero_copy_only=False)
     useful = (length > 0) & pc.is_valid(table["answer"]).to_numpy(zero_copy_only=False)
-    del first, second, label, coded
-    # Masked questions, answers and names as codes into lists of their distinct values.
+    del first, second, label, coded, two
+    # Masked questions, answers and names as codes. Each distinct masked text once (many
+    # raw texts differ only in numbers and boxes), the raw texts a slice at a time.
     question = pc.dictionary_encode(table["question"]).combine_chunks()
-    # Each distinct masked text once (many raw texts differ only in numbers and boxes), the
-    # raw texts a slice at a time.
     masked_code: dict[str, int] = {}
     raw_to_masked = np.empty(len(question.dictionary) + 1, np.int64)
     for lo in range(0, len(question.dictionary), 65536):
         for i, q in enumerate(question.dictionary.slice(lo, 65536).to_pylist(), lo):
             raw_to_masked[i] = masked_code.setdefault(mask_question(q), len(masked_code))
     raw_to_masked[-1] = masked_code.setdefault(mask_question(None), len(masked_code))
-    masked = list(masked_code)
     del masked_code
-    q_code = raw_to_masked[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
+    q_code = raw_to_masked.astype(np.int32)[pc.fill_null(question.indices, len(raw_to_masked) - 1).to_numpy()]
+    del question, raw_to_masked
     answer = pc.dictionary_encode(table["answer"]).combine_chunks()
-    answers = answer.dictionary.to_pylist()
-    a_code = pc.fill_null(answer.indices, 0).to_numpy()    # (null answers are not `useful`)
+    a_rank = _ranks(answer.dictionary).astype(np.int32)[pc.fill_null(answer.indices, 0).to_numpy()]  # (null: not useful)
     names = pc.dictionary_encode(name).combine_chunks()
-    videos, v_code = names.dictionary.to_pylist(), names.indices.to_numpy(zero_copy_only=False)
+    v_rank = _ranks(names.dictionary).astype(np.int32)[names.indices.to_numpy(zero_copy_only=False)]
     inv = 1.0 / np.maximum(length, 1)
-    del question, answer, names, name
+    del answer, names, name, length
     # In sample_id order (a stable sort, as plan_drops' sorted()).
     order = pc.sort_indices(sid).to_numpy()
     for kind in sorted({kinds[c] for c in set(kind_code[useful].tolist())} - {None}):
         of_kind = np.array([kinds[c] == kind for c in range(len(kinds))])
         members = order[of_kind[kind_code[order]] & useful[order]]
-
-        def cells(members=members):
-            for lo in range(0, len(members), 65536):
-                part = members[lo:lo + 65536]
-                yield from zip((masked[c] for c in q_code[part].tolist()),
-                               (answers[c] for c in a_code[part].tolist()),
-                               (videos[c] for c in v_code[part].tolist()), inv[part].tolist())
-        pool = defaultdict(list)   # (key, answer, video) -> droppable row indices
-        for i in members[droppable[members]].tolist():
-            pool[(masked[q_code[i]], answers[a_code[i]], videos[v_code[i]])].append(i)
-        for cands in pool.values():
-            cands.sort(key=lambda i: _order(sid[i].as_py()), reverse=True)
-        _greedy(_kind_of_codes(cells()), pool, max_excess, lambda i: float(inv[i]), drops)
+        # Groups numbered by first appearance (the reference's dict order).
+        _, first_at, q_local = np.unique(q_code[members], return_index=True, return_inverse=True)
+        renumber = np.empty(len(first_at), np.int64)
+        renumber[np.argsort(first_at)] = np.arange(len(first_at))
+        q_local = renumber[q_local]
+        del first_at, renumber
+        mine = droppable[members]
+        # Rows of a cell go in the order of the hash of their sample_id (smallest first).
+        hashes = np.empty(int(mine.sum()), "S32")
+        at = 0
+        mine_rows = members[mine]
+        for lo in range(0, len(mine_rows), 65536):
+            part = sid.take(pa.array(mine_rows[lo:lo + 65536])).to_pylist()
+            hashes[at:at + len(part)] = [hashlib.sha256(str(x).encode()).digest() for x in part]
+            at += len(part)
+        greedy = KindGreedy(q_local, a_rank[members], v_rank[members], inv[members], mine, hashes,
+                            max_excess)
+        del q_local, hashes, mine_rows
+        drops.update(members[greedy.run()].tolist())
     return drops
