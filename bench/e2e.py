@@ -27,8 +27,11 @@ import common  # noqa: F401  (first: environment, torch before decord)
 from common import Clock
 
 
-def op_stats(ds) -> list[dict[str, Any]]:
-    """Per-operator totals from Ray Data's own stats (empty if the API moved)."""
+def op_stats(ds, origin: float | None = None) -> list[dict[str, Any]]:
+    """Per-operator totals from Ray Data's own stats (empty if the API moved); times in
+    seconds from `origin` (time.perf_counter() at the pass's start: Ray Data times its tasks
+    on the same monotonic clock, shared by the node's processes; default: the first
+    operator's start)."""
     try:
         summary = ds._get_stats_summary()
     except Exception:  # noqa: BLE001 - a private API: informational only
@@ -39,7 +42,8 @@ def op_stats(ds) -> list[dict[str, Any]]:
         ops.extend(node.operators_stats)
         todo.extend(node.parents or [])
     ops.sort(key=lambda op: op.earliest_start_time or 0)
-    t0 = min((op.earliest_start_time for op in ops if op.earliest_start_time), default=0)
+    t0 = origin if origin is not None else min(
+        (op.earliest_start_time for op in ops if op.earliest_start_time), default=0)
     out = []
     for op in ops:
         out.append({
@@ -74,7 +78,9 @@ def ray_pass(cfg, run, videos: list[dict]) -> dict[str, Any]:
             events.append((time.perf_counter() - start, block.num_rows))
             records.extend(block.select(["video_id", "status", "reason"]).to_pylist())
         wall = time.perf_counter() - start
-    ops = op_stats(ds)
+    # From the pass's start: the input operator (FromBlocks) runs no task, so the first
+    # operator's own start would be the stage's and the start-up would read 0.
+    ops = op_stats(ds, start)
     # Start-up = until the first stage starts on its first video (actors created, models loaded).
     # (the input operator: FromItems, FromArrow or FromBlocks as the listing changed form)
     startup = next((o["start_s"] for o in ops if not o["operator"].startswith("From")), 0.0)

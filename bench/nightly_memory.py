@@ -41,6 +41,32 @@ BASE_RUN = "20260101T000000000Z-aaaaaaaa"
 VIDEOS_PER_SHARD, TASKS, FRAMES = 250, 8, 16
 
 
+
+class RssPeak:
+    """This process's RSS before, and its peak since (sampled every 10 ms on a thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.proc = psutil.Process()
+        self.before = self.value = self.proc.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        import time
+
+        while not self.done.is_set():
+            self.value = max(self.value, self.proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
 def one(n: int, kind: str) -> dict:
     """One nightly over n carried videos in this process (see the module doc)."""
     import gc
@@ -48,11 +74,9 @@ def one(n: int, kind: str) -> dict:
     import os
     import shutil
     import tempfile
-    import threading
     import time
 
     import numpy as np
-    import psutil
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -114,31 +138,21 @@ def one(n: int, kind: str) -> dict:
     gc.collect()
     release_freed_memory()
 
-    proc = psutil.Process()
-    before = proc.memory_info().rss
-    peak, done = [before], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    peak = RssPeak()
+    before = peak.before
     start = time.time()
     run = open_run(cfg, chash, "nightly")
     plan = plan_run(run, listing, incremental=True)
-    plan_peak = peak[0]
+    plan_peak = peak.value
     manifest = commit(run, cfg, listing, plan, start, "/data/videos")
     wall = time.time() - start
-    done.set()
-    sampler.join()
+    peak.stop()
     shutil.rmtree(out)
     assert manifest["counts"]["videos_carried"] == n, manifest["counts"]
     return {"videos": n, "kind": kind, "rss_before_mib": round(before / 2**20, 1),
-            "plan_peak_mib": round(plan_peak / 2**20, 1), "peak_mib": round(peak[0] / 2**20, 1),
-            "delta_mib": round((peak[0] - before) / 2**20, 1),
-            "delta_bytes_per_video": round((peak[0] - before) / n), "wall_s": round(wall, 2)}
+            "plan_peak_mib": round(plan_peak / 2**20, 1), "peak_mib": round(peak.value / 2**20, 1),
+            "delta_mib": round((peak.value - before) / 2**20, 1),
+            "delta_bytes_per_video": round((peak.value - before) / n), "wall_s": round(wall, 2)}
 
 
 def synthetic_task(n: int, skew: float, seed: int = 0):
@@ -176,11 +190,9 @@ def synthetic_task(n: int, skew: float, seed: int = 0):
 def balance_one(n: int, greedy_rows: int) -> dict:
     """Balancing one task of n carried rows in this process (`balance` in the module doc)."""
     import gc
-    import threading
     import time
     import tracemalloc
 
-    import psutil
     import pyarrow as pa
 
     from proxyqa.core.balance import plan_drops_table
@@ -196,29 +208,19 @@ def balance_one(n: int, greedy_rows: int) -> dict:
     del rows
     gc.collect()
     release_freed_memory()
-    proc = psutil.Process()
-    before = proc.memory_info().rss
-    peak, done = [before], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    peak = RssPeak()
+    before = peak.before
     start = time.time()
     drop, dup, bal = dataset._task_drops(own, carried, cfg)
     wall = time.time() - start
-    done.set()
-    sampler.join()
+    peak.stop()
     tracemalloc.start()
     dataset._task_drops(own, carried, cfg)
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     out = {"carried_rows": n, "own_rows": own.num_rows, "balanced_away": bal,
-           "rss_delta_mib": round((peak[0] - before) / 2**20, 1),
-           "rss_bytes_per_carried_row": round((peak[0] - before) / n),
+           "rss_delta_mib": round((peak.value - before) / 2**20, 1),
+           "rss_bytes_per_carried_row": round((peak.value - before) / n),
            "traced_bytes_per_carried_row": round(traced / n), "wall_s": round(wall, 2)}
     for skew in (0.27, 0.5) if greedy_rows else ():
         table = synthetic_task(greedy_rows, skew, seed=1)
