@@ -17,7 +17,7 @@ from proxyqa.core.config import Config
 from proxyqa.core.errors import one_line
 from proxyqa.core.schema import to_arrow
 from proxyqa.pipeline.memory import release_freed_memory
-from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, fused, steps, unfusable  # noqa: F401 - bench uses them from here
+from proxyqa.pipeline.plan import HEAVY_COLUMNS, Step, fuse, steps, unfusable  # noqa: F401 - bench uses them from here
 
 if TYPE_CHECKING:
     from proxyqa.pipeline.run import Run
@@ -123,9 +123,10 @@ def build_dataset(cfg: Config, run: Run, videos: pa.Table | list[dict], per_bloc
 
 
 def worker_plan(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
-    """The plan as Ray runs it: a pool per step, or one fused step (`ray.fuse_stages`) whose
-    workers, one per CPU, each run every stage. A stage placed by GPUs or custom resources
-    keeps the pools (placement wins; one warning)."""
+    """The plan as Ray runs it: a pool per step, or (`ray.fuse_stages`) fused steps whose
+    workers, one per CPU, each run every stage of the step (`plan.fuse`: all of them without
+    an MLLM). A stage placed by GPUs or custom resources keeps the pools (placement wins;
+    one warning)."""
     plan = steps(cfg, run, engine_urls)
     if not cfg.ray.fuse_stages:
         return plan
@@ -133,7 +134,7 @@ def worker_plan(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[
         log.warning("ray.fuse_stages: %s ask(s) for GPUs or custom resources, which place stages "
                     "on their own nodes: running a worker pool per stage", ", ".join(unfusable(plan)))
         return plan
-    return [fused(plan, workers=_cluster_cpus())]
+    return fuse(plan, workers=_cluster_cpus())
 
 
 def _from_blocks(blocks: list[pa.Table]):

@@ -29,6 +29,7 @@ class Step:
     kwargs: dict[str, Any]
     resources: Resources
     drop_after: tuple[str, ...] = ()       # columns no later step needs (less data between stages)
+    fusable: bool = True                   # may share a worker with its neighbours (ray.fuse_stages)
 
     @property
     def name(self) -> str:
@@ -56,9 +57,11 @@ def steps(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
     plan.append(Step(BuildTasksStage, dict(cfg=cfg.tasks, ctx=ctx, min_keypoint_score=min_score),
                      cfg.tasks.resources))
     if cfg.mllm.enabled:
+        # Never fused: it waits on a server, and a pool of its own keeps requests in flight
+        # while the CPU stages' workers compute.
         plan.append(Step(MLLMStage, dict(cfg=cfg.mllm, enabled_tasks=cfg.tasks.enabled, ctx=ctx,
                                          min_keypoint_score=min_score, base_urls=list(engine_urls)),
-                         cfg.mllm.resources))
+                         cfg.mllm.resources, fusable=False))
     plan[-1].drop_after = HEAVY_COLUMNS
     plan.append(Step(ShardWriterStage, dict(run_uri=run.uri, run_id=run.run_id,
                                             config_hash=run.config_hash,
@@ -109,11 +112,29 @@ def unfusable(plan: Sequence[Step]) -> list[str]:
 
 
 def fused(plan: Sequence[Step], workers: int | None = None) -> Step:
-    """The plan as one step (`ray.fuse_stages`): `workers` workers (the executor passes one
-    per CPU, all started at once), each running every stage."""
-    if unfusable(plan):
-        raise ConfigError(f"cannot fuse {', '.join(unfusable(plan))}: GPUs or custom resources")
+    """Steps as one step: `workers` workers (the executor passes one per CPU, all started at
+    once), each running every one of them."""
+    if unfusable(plan) or not all(s.fusable for s in plan):
+        raise ConfigError(f"cannot fuse {', '.join(s.name for s in plan)}: a step asks for GPUs "
+                          "or custom resources, or waits on a server")
     memory = [s.resources.memory_gb for s in plan if s.resources.memory_gb]
     return Step(Fused, dict(steps=list(plan)), Resources(
         num_cpus=1.0, batch_size=max(s.resources.batch_size for s in plan), concurrency=workers,
         memory_gb=sum(memory) if memory else None))
+
+
+def fuse(plan: Sequence[Step], workers: int | None = None) -> list[Step]:
+    """The plan with each run of two or more consecutive fusable steps as one `fused` step
+    (`ray.fuse_stages`): without an MLLM, the whole plan; with one, the CPU stages before it
+    (the MLLM and the writer after it keep their pools)."""
+    out: list[Step] = []
+    run: list[Step] = []
+    for step in [*plan, None]:
+        if step is not None and step.fusable:
+            run.append(step)
+            continue
+        out += [fused(run, workers)] if len(run) >= 2 else run
+        run = []
+        if step is not None:
+            out.append(step)
+    return out

@@ -593,10 +593,11 @@ class RayConfig(Strict):
     )
     fuse_stages: bool = Field(
         False,
-        description="Run every stage of a video in one worker (one per CPU) instead of one "
+        description="Run the CPU stages of a video in one worker (one per CPU) instead of one "
         "worker pool per stage: no frames pass between processes and 2 actors start instead "
-        "of 5, for single-machine CPU runs (configs/local.yaml; docs/performance.md). Ignored, "
-        "with a warning, when a stage asks for GPUs or custom resources (placement wins).",
+        "of 5, for single-machine CPU runs (configs/local.yaml; docs/performance.md). The MLLM "
+        "stage keeps its own pool (it waits on a server). Ignored, with a warning, when a "
+        "stage asks for GPUs or custom resources (placement wins).",
     )
     shared_paths: bool = Field(
         False,

@@ -92,3 +92,30 @@ def test_stages_placed_on_their_own_nodes_are_not_fused():
     with pytest.raises(ConfigError, match="cannot fuse"):
         fused(plan)
     assert fused(plan[:1]).stage.__name__ == "Fused"
+
+
+def test_a_step_waiting_on_a_server_keeps_its_pool_and_splits_the_fused_runs():
+    from proxyqa.core.config import Resources
+    from proxyqa.pipeline.plan import Step, fuse
+
+    a, b, c, d = (Step(_Recorder, {"tag": t}, Resources()) for t in "abcd")
+    c.fusable = False   # as the MLLM step
+    assert [s.name for s in fuse([a, b, c, d], workers=2)] == ["Fused", "_Recorder", "_Recorder"]
+    first = fuse([a, b, c, d], workers=2)[0]
+    assert [s.kwargs["tag"] for s in first.kwargs["steps"]] == ["a", "b"]
+    assert first.resources.concurrency == 2
+    assert [s.name for s in fuse([a, b, d])] == ["Fused"]
+    assert fuse([c, a]) == [c, a]    # a run of one is left as it is
+
+
+def test_with_an_mllm_the_cpu_stages_are_fused_and_the_mllm_keeps_its_pool(tmp_path):
+    from proxyqa.pipeline.plan import fuse
+
+    cfg = load_config(LOCAL_CONFIG, [f"output={tmp_path}", "mllm.enabled=true",
+                                     "mllm.endpoint.base_url=http://127.0.0.1:9/v1"])
+    plan = steps(cfg, open_run(cfg, config_hash(cfg)))
+    fused = fuse(plan, workers=2)
+    assert [s.name for s in fused] == ["Fused", "MLLMStage", "ShardWriterStage"]
+    assert [s.name for s in fused[0].kwargs["steps"]] == ["DecodeStage", "PoseStage", "BuildTasksStage"]
+    assert [s.name for s in fuse(steps(load_config(LOCAL_CONFIG, [f"output={tmp_path}"]),
+                                       open_run(cfg, config_hash(cfg))))] == ["Fused"]
