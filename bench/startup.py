@@ -52,11 +52,9 @@ def traced_env(trace: Path) -> dict[str, str]:
 
 
 def free_port() -> int:
-    import socket
+    from proxyqa.models.vllm_server import free_port as free_port_on
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_on("127.0.0.1")
 
 
 class WarmCluster:

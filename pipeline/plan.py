@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxyqa.core.config import Config, ConfigError, Resources
+from proxyqa.stages.base import to_batch, to_rows
 
 if TYPE_CHECKING:
     from proxyqa.pipeline.run import Run
@@ -70,13 +71,12 @@ def steps(cfg: Config, run: Run, engine_urls: Sequence[str] = ()) -> list[Step]:
     return plan
 
 
-
 class Fused:
     """Several steps as one stage: a batch goes through each step in turn, in slices of that
     step's own batch size, in this process. The local executor runs the whole plan this
-    way, and `ray.fuse_stages` gives each Ray worker the whole plan: a video's frames then
-    never leave the process that decoded them (no object-store copies, no Arrow round trip
-    per stage) and one worker per CPU starts instead of one pool per stage."""
+    way, and `ray.fuse_stages` gives each Ray worker the CPU stages (`fuse`): a video's
+    frames then never leave the process that decoded them (no object-store copies, no
+    Arrow round trip per stage) and one worker per CPU starts instead of one pool per stage."""
 
     def __init__(self, steps: Sequence[Step]):
         self.steps = list(steps)
@@ -84,25 +84,13 @@ class Fused:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         for step, stage in zip(self.steps, self.stages):
-            n = len(next(iter(batch.values()), ()))
-            size = step.resources.batch_size or max(n, 1)
-            parts = [stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)]
-            batch = {k: [x for p in parts for x in p.get(k, [None] * _rows(p))]
-                     for k in _columns(parts)} if parts else batch
+            n, size = len(next(iter(batch.values()), ())), step.resources.batch_size
+            if n:
+                parts = [stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)]
+                batch = to_batch([row for part in parts for row in to_rows(part)])
             for name in step.drop_after:
                 batch.pop(name, None)
         return batch
-
-
-def _rows(batch: dict[str, list]) -> int:
-    return len(next(iter(batch.values()), ()))
-
-
-def _columns(parts: list[dict[str, list]]) -> list[str]:
-    names: list[str] = []
-    for p in parts:
-        names.extend(k for k in p if k not in names)
-    return names
 
 
 def unfusable(plan: Sequence[Step]) -> list[str]:
