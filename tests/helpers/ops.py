@@ -26,10 +26,21 @@ def frozen_config(folder: Path, source: Path = LOCAL) -> Path:
     return Path(shutil.copy(source, folder / source.name))
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1, never one this process was given before: each socket is
+    closed when its port is returned, so the OS may hand the same port out again, and a
+    `ray start` given it for two components refuses to start (CI saw --port and
+    --dashboard-agent-listen-port both get 55019)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def child_env(**extra: str) -> dict[str, str]:
