@@ -11,6 +11,8 @@ the options' lengths are matched.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any, Optional
 
 from proxyqa.core.config import CaptionTaskConfig, MatchTaskConfig
@@ -18,11 +20,14 @@ from proxyqa.core.people import subject_of
 from proxyqa.stages import captions as cap
 from proxyqa.stages import posecodes as pc
 from proxyqa.stages import templates
-from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id
+from proxyqa.stages.mirror import mirror_box, mirror_jpeg, mirror_keypoints, swap_sides
+from proxyqa.stages.sampling import RunContext, make_sample, rng_for, sample_id, union_box
 from proxyqa.stages.tasks_spatial import Candidate, box_note, pick_diverse, subject_phrase
 
 SIDE_NOTE = " Left and right mean the person's own left and right, not the viewer's."
 TWO_FRAMES = "Image 1 and Image 2 are two frames of one video; Image 1 was taken first."
+# change_match shows the two frames in either order (a coin: see the matching questions below).
+ANY_ORDER = "Image 1 and Image 2 are two frames of one video, not necessarily in time order."
 UP_DOWN_NOTE = " Up and down are directions in the image."
 MAX_PAIRS = 64   # frame pairs examined per video at most
 # A wrong option "raised above the head" must be false by this many body sizes (not just the
@@ -111,44 +116,45 @@ def pose_difference(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
     return samples
 
 
-# ---- the matching questions: units, wrong values, grids --------------------------------------
+# ---- the matching questions: exact devices ----------------------------------------------------
 #
-# A text-only model must not tell the true option from the wrong ones. Poses are far from
-# uniform (most arms are bent, most legs straight), so a wrong value chosen "because it is
-# false" is rarer than the truth and gives it away. The wrong value of a slot is therefore drawn
-# with the frequency true values have: for description_match from a fixed prior table of the
-# slot's whole vocabulary (DESC_PRIORS), for change_match the value of the same slot in ANOTHER
-# frame pair of the same video. Either way a (true, wrong) pair is about as likely as the
-# (wrong, true) pair, so the text alone carries no hint of which is true. A draw equal to the
-# truth, or not definitely false on this frame, is not redrawn (a redraw would favour rare
-# truths): the slot is left out. The 4 options are the 2x2 grid of two such slots (each option
-# at distances 1, 1, 2 from the other three), so every wrong option differs from the truth in
-# one or two slots, each edit definitely false; their phrasings are chosen so that their lengths
-# match (captions.matched_texts) (docs/captions.md).
+# A text-only model must not tell the true option from the wrong ones, on any data: poses are far
+# from uniform and differ from one corpus to the next, so any table of "how often a value is
+# true" that wrong options are drawn from is right for one corpus only (bench/caption_baselines.py
+# measured 0.35-0.69 on the shared clips with such tables). The options are therefore built so
+# that the data cannot matter: each question is one of a set of images that the same options
+# describe, one image per option, and which image is shown is a fair coin.
+#
+# - Mirror: the frame(s) shown left-right mirrored (stages/mirror.py) or not. In the mirrored
+#   image the person's own left is the original right, so its caption is the original caption
+#   with left and right exchanged.
+# - Reversal (change_match): Image 1 and Image 2 shown in time order or the other way round;
+#   the change from Image 1 to Image 2 is then the reverse change (up <-> down, from <-> to).
+#
+# change_match crosses both: its 4 options are the captions of (mirrored?, reversed?), and each
+# is the true one exactly 1/4 of the time given the options. description_match has one frame
+# and only the mirror: it crosses the mirror with one slot's value edited (drawn from
+# DESC_PRIORS), so a text-only model can at best guess the edit (1/2 at most overall).
+# A question is asked only when every wrong option is definitely false (each claim it makes
+# beyond the truth False with margin) for EVERY coin outcome, a condition that does not depend
+# on the coins, so filtering keeps the fairness. Lengths are matched over the set of options
+# (captions.matched_texts) (docs/captions.md).
 
 Value = tuple  # a unit's value: one entry per part of the unit (None: the part has no fact)
 
 DESC_UNITS: dict[str, tuple[str, ...]] = {"torso": ("torso",), "arms": cap.PAIRS["arm"],
                                           "legs": cap.PAIRS["leg"]}
-CHANGE_UNITS: dict[str, tuple[str, ...]] = {"most_moved": ("most_moved",), "head": ("head",),
-                                            "hands": cap.MOTION_PAIRS["hand"],
-                                            "feet": cap.MOTION_PAIRS["foot"]}
-# A relation or state change that speaks about a slot's body parts is left out of the options
-# while that slot is asked, so no option contradicts its own context sentence.
+# A relation about an edited slot's body parts is left out of that question's options, so no
+# option contradicts its own context sentence.
 DESC_DROP = {"arms": "hands_together", "legs": "feet_apart"}
-CHANGE_DROP = {"hands": ("left_arm", "right_arm"), "feet": ("left_leg", "right_leg"),
-               "most_moved": ("left_arm", "right_arm", "left_leg", "right_leg")}
 
 
-# The wrong value of a description_match slot is drawn from the slot's whole vocabulary with
-# the frequency TRUE values have (a fixed table, below), not only from other frames of the
-# video: static clips then yield questions too. With truth t drawn at rate p(t) (the data) and
-# the wrong value v drawn once at rate p(v) (this table, measured on the same kind of data),
-# a question with (true t, wrong v) is as frequent as one with (true v, wrong t), so every
-# value is about as often in the true option as in a wrong one and a text-only model cannot
-# learn "the typical value is the true one" (bench/caption_baselines.py measures it). The
-# draw is conditioned on the truth's shape (which parts are stated), and a draw equal to the
-# truth or not False with margin on the frame is not redrawn: the slot is just not asked there.
+# The edited value of a description_match slot is drawn from the slot's whole vocabulary with
+# the frequency TRUE values have (a fixed table, below): with truth t drawn at rate p(t) (the
+# data) and the edit v drawn at rate p(v) (this table), (true t, edit v) is about as frequent
+# as (true v, edit t). That holds only as far as the table fits the data; the mirror, not the
+# table, is what bounds the text-only accuracy (docs/captions.md). A draw equal to the truth
+# or not False with margin on the frame is not redrawn (a redraw would favour rare truths).
 #
 # Measured with `python bench/caption_baselines.py --priors` (code of commit caafe93, after
 # issue 13's pose checks and its "bent below 120 degrees" rule; 2-core AMD EPYC dev box):
@@ -158,8 +164,7 @@ CHANGE_DROP = {"hands": ("left_arm", "right_arm"), "feet": ("left_leg", "right_l
 # pose checks did not flag); counts of frames (116 torso, 67 arms, 81 legs; 7-10 videos).
 # Leave-one-video-out spread (largest change of a value's share when one video is left
 # out): torso 0.18, arms 0.20, legs 0.09 -- the table is coarse (few videos), so its values
-# are counts to draw from, not a claim about poses in general; re-measure on a larger corpus
-# and whenever a state rule changes.
+# are counts to draw from, not a claim about poses in general.
 _B, _R, _S, _H = "bent at the elbow", "raised above the head", \
     "stretched out away from the body", "hanging down by the side"
 _ST, _TR = "straight", "bent with the thigh raised"
@@ -191,74 +196,65 @@ def _shape(v: Value) -> tuple[bool, ...]:
     return tuple(x is None for x in v)
 
 
-def _project(v: Value, onto: Value) -> Optional[Value]:
-    """`v` on the parts `onto` states (the others None), or None if `v` lacks one of them."""
-    if any(t is not None and x is None for t, x in zip(onto, v)):
-        return None
-    return tuple(x if t is not None else None for t, x in zip(onto, v))
+def _keys(facts: list[dict]) -> set[str]:
+    return {json.dumps(f, sort_keys=True) for f in facts}
 
 
-def _draw(values: dict[Any, dict[str, Value]], item, units: list[str], rng) -> Optional[dict]:
-    """The values of `units` in one other item (frame or frame pair) of the video, drawn
-    uniformly among those stating every part `item` states for them; projected onto those
-    parts. None when no other item qualifies."""
-    pool = [o for o in values if o != item and all(
-        u in values[o] and _project(values[o][u], values[item][u]) is not None for u in units)]
-    if not pool:
-        return None
-    other = values[pool[int(rng.integers(len(pool)))]]
-    return {u: _project(other[u], values[item][u]) for u in units}
+def _claims_false(option: list[dict], truth: list[dict], is_false) -> bool:
+    """The option says something the truth does not, and every such claim is False with margin."""
+    known = _keys(truth)
+    extra = [f for f in option if json.dumps(f, sort_keys=True) not in known]
+    return bool(extra) and all(is_false(f) for f in extra)
 
 
-def _partner_values(values: dict[Any, dict[str, Value]], rng) -> dict[Any, dict[str, Value]]:
-    """item -> unit -> the wrong value drawn for it (one draw per unit, `_draw`); left out when
-    the draw equals the truth (not redrawn: a redraw would favour rare truths)."""
-    out: dict[Any, dict[str, Value]] = {}
-    for item in values:
-        out[item] = {}
-        for unit, v in values[item].items():
-            alt = _draw(values, item, [unit], rng)
-            if alt is not None and alt[unit] != v:
-                out[item][unit] = alt[unit]
-    return out
+def _all_wrong_false(variants: list[list[dict]], is_false_on: list) -> bool:
+    """For every coin outcome k (variant k shown; `is_false_on[k]` the claim test on its
+    image(s)), every other variant is definitely false: the question is fair to ask whichever
+    image the coin shows. Outcomes 0 .. len(is_false_on) - 1 can be shown."""
+    return all(_claims_false(variants[j], variants[k], test)
+               for k, test in enumerate(is_false_on) for j in range(len(variants)) if j != k)
 
 
-def _grid_options(units: list[str], truth: dict[str, Value], alt: dict[str, Value]
-                  ) -> list[dict[str, Value]]:
-    """The truth first, then the 3 other cells of the 2x2 grid over two units."""
-    u, w = units
-    cells = [(truth[u], truth[w]), (alt[u], truth[w]), (truth[u], alt[w]), (alt[u], alt[w])]
-    return [{u: a, w: b} for a, b in cells]
+def _distinct(variants: list[list[dict]]) -> bool:
+    return len({json.dumps(v, sort_keys=True) for v in variants}) == len(variants)
 
 
-def _pick_units(available: list[str], rng) -> Optional[list[str]]:
-    if len(available) < 2:
-        return None
-    picks = sorted(int(i) for i in rng.choice(len(available), 2, replace=False))
-    return [available[i] for i in picks]
+def _shown_subject(subject, mirrored: bool):
+    """The subject as the shown image has it (boxes and keypoints mirrored with the image)."""
+    if not mirrored:
+        return subject
+    return replace(subject, boxes=[mirror_box(b) for b in subject.boxes],
+                   keypoints=[mirror_keypoints(k) for k in subject.keypoints])
 
 
-def _ask(row: dict, task: str, ctx: RunContext, cands: list[Candidate], n: int, rng,
-         render, positions, question) -> list[dict]:
+def _ask(row: dict, task: str, ctx: RunContext, subject, cands: list[Candidate], n: int, rng,
+         render, question) -> list[dict]:
+    """Rows of the candidates pick_diverse keeps. A candidate holds its variants (one fact list
+    per coin outcome, in a fixed order), the outcome the coins chose (`shown`), the frame
+    positions in shown order and whether the images are mirrored."""
     samples = []
     for _, key, c in pick_diverse(cands, n, rng):
         voice = _voice(row, task, key, ctx.seed)
-        order = [int(i) for i in rng.permutation(len(c["options"]))]
-        options = [c["options"][i] for i in order]
+        order = [int(i) for i in rng.permutation(len(c["variants"]))]
+        options = [c["variants"][i] for i in order]
         # lengths matched across the options (captions.matched_texts): no "pick the shortest"
-        texts = cap.matched_texts([lambda v, o=o, c=c: render(o, c, v) for o in options], voice)
-        if len(set(texts)) < len(texts):   # cannot happen with distinct values; never ask it
+        texts = cap.matched_texts([lambda v, o=o: render(o, v) for o in options], voice)
+        if len(set(texts)) < len(texts):   # distinct facts, same text: never ask it
             continue
-        index = order.index(0)
-        facts = [c["facts"](o) for o in options]
-        struct: dict[str, Any] = {"index": index, "slot": "+".join(c["units"]),
-                                  "edit": c.get("edit", "grid"),
-                                  "facts": facts[index], "choice_facts": facts}
-        pos = positions(c)
+        index = order.index(c["shown"])
+        pos, mirrored = c["positions"], c["mirrored"]
+        shown = _shown_subject(subject, mirrored)
+        struct: dict[str, Any] = {"index": index, "facts": options[index], "choice_facts": options,
+                                  "edit": c["edit"], "mirrored": mirrored, **c.get("struct", {})}
         tid, template = templates.pick(task, "ask", sample_id(row, task, key, ctx))
+        who, named = subject_phrase(row, shown, pos, "0_1000")
+        images = [row["frames_jpeg"][p] for p in pos]
         samples.append(make_sample(
-            row, task, ctx, key=key, positions=pos, question=question(pos, template), choices=texts,
-            answer=texts[index], answer_struct=struct, answer_source="geometry", template_id=tid))
+            row, task, ctx, key=key, positions=pos, question=question(template, who, named),
+            choices=texts, answer=texts[index], answer_struct=struct, answer_source="geometry",
+            template_id=tid, images=[mirror_jpeg(b) for b in images] if mirrored else images,
+            keypoints=[shown.keypoints[p] for p in pos],
+            subject_box=union_box([shown.boxes[p] for p in pos])))
     return samples
 
 
@@ -280,6 +276,18 @@ def _definitely_false_edit(option: dict[str, Value], truth: dict[str, Value],
                for p, t, a in zip(DESC_UNITS[u], truth[u], v))
 
 
+def _mirror_facts(f: cap.PoseFacts) -> cap.PoseFacts:
+    return cap.PoseFacts({swap_sides(p): s for p, s in f.states.items()}, f.relations)
+
+
+def _pose_claim_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rules):
+    """fact -> is it False with margin on this frame (a state, or a relation)."""
+    false = cap.definitely_false(keypoints, w, h, min_score, rules)
+    rel = pc.relations(keypoints, w, h, min_score, rules)
+    return lambda f: (f["state"] in false.get(f["part"], ()) if "state" in f
+                      else rel.get(f["relation"]) is False)
+
+
 def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
                       min_score: float) -> list[dict]:
     subject = subject_of(row)
@@ -292,56 +300,73 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
                               position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
     facts = {pos: f for pos, f in _frame_facts(row, subject, min_score, rules).items()
              if len(f) >= cfg.min_facts}
-    values = {pos: {u: v for u, parts in DESC_UNITS.items()
-                    if (v := _value(f.states.get, parts)) is not None}
-              for pos, f in facts.items()}
-    # One draw per (frame, unit) from the unit's prior (DESC_PRIORS); the unit can be asked in
-    # this frame when the draw differs from the truth and every part state it changes is False
-    # with margin here. Not redrawn: a redraw would favour rare truths (see DESC_PRIORS).
     cands: list[Candidate] = []
-    for pos in facts:
-        false = cap.definitely_false(subject.keypoints[pos], w, h, min_score, negative_rules)
-        alt = {}
-        for u, v in values[pos].items():
-            x = _prior_draw(u, v, rng)
-            if x is not None and x != v and _definitely_false_edit({u: x}, values[pos], false):
-                alt[u] = x
-        units = _pick_units([u for u in DESC_UNITS if u in alt], rng)
-        if units is None:
+    for pos, f in facts.items():
+        kps = subject.keypoints[pos]
+        mirrored_kps = mirror_keypoints(kps)
+        # the rules are mirror-symmetric; a frame where rounding says otherwise is not asked
+        if cap.pose_facts(mirrored_kps, w, h, min_score, rules) != _mirror_facts(f):
             continue
-        f = facts[pos]
-        relations = tuple(r for r in f.relations if r not in {DESC_DROP.get(u) for u in units})
-        options = _grid_options(units, values[pos], alt)
+        values = {u: v for u, parts in DESC_UNITS.items() if (v := _value(f.states.get, parts))}
+        false = cap.definitely_false(kps, w, h, min_score, negative_rules)
+        edits = {}
+        for u, v in values.items():   # one prior draw per unit, in a fixed order (rng aligned)
+            x = _prior_draw(u, v, rng)
+            if x is not None and x != v and _definitely_false_edit({u: x}, values, false):
+                edits[u] = x
+        mirror_coin = bool(rng.random() < 0.5)
+        if not edits:
+            continue
+        unit = sorted(edits)[int(rng.integers(len(edits)))]
+        relations = tuple(r for r in f.relations if r != DESC_DROP.get(unit))
+        truth = cap.PoseFacts(dict(f.states), relations)
+        edited = cap.PoseFacts(_desc_states(f, {unit: edits[unit]}), relations)
+        # outcome order: (not mirrored, truth), (mirrored, truth), edit, mirrored edit
+        variants = [truth, _mirror_facts(truth), edited, _mirror_facts(edited)]
+        lists = [v.as_list() for v in variants]
+        tests = [_pose_claim_test(k, w, h, min_score, negative_rules) for k in (kps, mirrored_kps)]
+        if not _distinct(lists) or not _all_wrong_false(lists, tests):   # the edits: never shown
+            continue
+        cands.append((pos, f"{pos}:{unit}", {
+            "variants": lists, "facts": variants, "shown": int(mirror_coin), "positions": [pos],
+            "mirrored": mirror_coin, "edit": f"mirror+{unit}", "struct": {"slot": unit}}))
 
-        def to_facts(o: dict[str, Value], f: cap.PoseFacts = f, rel: tuple = relations):
-            return cap.facts_of(_desc_states(f, o), rel)
-        cands.append((pos, f"{pos}:{'+'.join(units)}",
-                      {"units": units, "options": options, "pos": pos, "pose": f,
-                       "relations": relations, "facts": to_facts}))
+    by_facts = {}
+    for c in cands:
+        for lst, v in zip(c[2]["variants"], c[2]["facts"]):
+            by_facts[json.dumps(lst, sort_keys=True)] = v
 
-    def render(o: dict[str, Value], c: dict, voice: cap.Voice) -> str:
-        return cap.describe_pose(_desc_states(c["pose"], o), c["relations"], voice)
+    def render(option: list[dict], voice: cap.Voice) -> str:
+        v = by_facts[json.dumps(option, sort_keys=True)]
+        return cap.describe_pose(v.states, v.relations, voice)
 
-    def question(pos: list[int], template: str) -> str:
-        who, named = subject_phrase(row, subject, pos, "0_1000")
+    def question(template: str, who: str, named: bool) -> str:
         return (f"{template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
                 " Answer with the option's text.")
-    return _ask(row, "description_match", ctx, cands, cfg.samples_per_video, rng, render,
-                lambda c: [c["pos"]], question)
+    return _ask(row, "description_match", ctx, subject, cands, cfg.samples_per_video, rng, render,
+                question)
 
 
 # ---- change_match ------------------------------------------------------------------------------
 
-def _change_option(f: cap.ChangeFacts, option: dict[str, Value], drop: set[str]) -> cap.ChangeFacts:
-    dirs, most = dict(f.directions), f.most_moved
-    for unit, v in option.items():
-        if unit == "most_moved":
-            most = v[0]
-            continue
-        for part, d in zip(CHANGE_UNITS[unit], v):
-            if d is not None:
-                dirs[part] = d
-    return cap.ChangeFacts(dirs, most, {p: c for p, c in f.changes.items() if p not in drop})
+def _change_claim_test(kps_a, kps_b, w: int, h: int, min_score: float, rules: pc.Rules,
+                       negative_rules: pc.Rules):
+    """fact -> is it False with margin from frame a to frame b: the opposite of a definite
+    direction; a most-moved part that moved less than the definite top part (by the margin);
+    a state change whose start or end state is False with margin."""
+    motion = pc.joint_motion(kps_a, kps_b, w, h, min_score, rules)
+    top = pc.most_moved(motion, rules)
+    sa = pc.state_truths(kps_a, w, h, min_score, negative_rules)
+    sb = pc.state_truths(kps_b, w, h, min_score, negative_rules)
+
+    def is_false(f: dict) -> bool:
+        if "direction" in f:
+            m = motion.get(f["motion"])
+            return m is not None and m.vertical is not None and m.vertical != f["direction"]
+        if "most_moved" in f:
+            return top is not None and f["most_moved"] != top and f["most_moved"] in motion
+        return sa[f["part"]].get(f["from"]) is False or sb[f["part"]].get(f["to"]) is False
+    return is_false
 
 
 def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: float) -> list[dict]:
@@ -351,49 +376,43 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
     w, h, kps = int(row["width"]), int(row["height"]), subject.keypoints
     rng = rng_for(row, "change_match", ctx.seed)
     rules = caption_rules(cfg)
-    facts: dict[tuple[int, int], cap.ChangeFacts] = {}
-    moving: dict[tuple[int, int], set[str]] = {}
+    negative_rules = pc.Rules(angle_margin=rules.angle_margin,
+                              position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
+    cands: list[Candidate] = []
     for a, b in _pairs(row, subject, rng):
+        mirror_coin, reverse_coin = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
         moved = pc.pose_motion(kps[a], kps[b], w, h, min_score)
         if moved is None or moved < cfg.min_pose_motion:
             continue
-        f = cap.change_facts(kps[a], kps[b], w, h, min_score, rules)
-        if len(f) >= cfg.min_facts:
-            facts[(a, b)] = f
-            moving[(a, b)] = set(pc.joint_motion(kps[a], kps[b], w, h, min_score, rules))
-    values = {}
-    for pair, f in facts.items():
-        get = {"most_moved": f.most_moved, **f.directions}.get
-        values[pair] = {u: v for u, parts in CHANGE_UNITS.items()
-                        if (v := _value(get, parts)) is not None}
-    partners = _partner_values(values, rng)
-    cands: list[Candidate] = []
-    for pair, f in facts.items():
-        # A direction differing from a definite one is definitely false; another part than the
-        # most moved one moved less by the margin (posecodes.most_moved), if it was measured.
-        ok = [u for u, alt in partners[pair].items() if u != "most_moved" or alt[0] in moving[pair]]
-        units = _pick_units(ok, rng)
-        if units is None:
+        if len(cap.change_facts(kps[a], kps[b], w, h, min_score, rules)) < cfg.min_facts:
             continue
-        drop = {p for u in units for p in CHANGE_DROP.get(u, ())}
-        options = _grid_options(units, values[pair], partners[pair])
-        a, b = pair
+        ma, mb = mirror_keypoints(kps[a]), mirror_keypoints(kps[b])
+        # outcome order: (mirrored, reversed) = (no, no), (no, yes), (yes, no), (yes, yes)
+        shown = [(kps[a], kps[b]), (kps[b], kps[a]), (ma, mb), (mb, ma)]
+        variants = [cap.change_facts(x, y, w, h, min_score, rules) for x, y in shown]
+        lists = [v.as_list() for v in variants]
+        if not _distinct(lists) or not _all_wrong_false(lists, [
+                _change_claim_test(x, y, w, h, min_score, rules, negative_rules) for x, y in shown]):
+            continue
+        k = 2 * int(mirror_coin) + int(reverse_coin)
+        cands.append((a * 1000 + b, f"{a},{b}", {
+            "variants": lists, "facts": variants, "shown": k,
+            "positions": [b, a] if reverse_coin else [a, b], "mirrored": mirror_coin,
+            "edit": "mirror+reverse", "struct": {"reversed": reverse_coin}}))
 
-        def to_facts(o: dict[str, Value], f: cap.ChangeFacts = f, drop: set = drop):
-            return _change_option(f, o, drop).as_list()
-        cands.append((a * 1000 + b, f"{a},{b}:{'+'.join(units)}",
-                      {"units": units, "options": options, "pair": pair, "change": f,
-                       "drop": drop, "facts": to_facts}))
+    by_facts = {}
+    for c in cands:
+        for lst, v in zip(c[2]["variants"], c[2]["facts"]):
+            by_facts[json.dumps(lst, sort_keys=True)] = v
 
-    def render(o: dict[str, Value], c: dict, voice: cap.Voice) -> str:
-        return cap.describe_change(_change_option(c["change"], o, c["drop"]), voice)
+    def render(option: list[dict], voice: cap.Voice) -> str:
+        return cap.describe_change(by_facts[json.dumps(option, sort_keys=True)], voice)
 
-    def question(pos: list[int], template: str) -> str:
-        who, named = subject_phrase(row, subject, pos, "0_1000")
-        return (f"{TWO_FRAMES} {template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
+    def question(template: str, who: str, named: bool) -> str:
+        return (f"{ANY_ORDER} {template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
                 f"{UP_DOWN_NOTE} Answer with the option's text.")
-    return _ask(row, "change_match", ctx, cands, cfg.samples_per_video, rng, render,
-                lambda c: list(c["pair"]), question)
+    return _ask(row, "change_match", ctx, subject, cands, cfg.samples_per_video, rng, render,
+                question)
 
 
 # The caption margins of the config's defaults (tasks.pose_description.angle_margin, ...).

@@ -27,6 +27,15 @@ POSES = [RAISED_LEFT,
          dict(arms=((10, 175), (10, 175)), legs=((0, 178), (60, 90))),
          dict(arms=((90, 175), (10, 90)), legs=((0, 178), (0, 100)), lean=35),
          dict(arms=((10, 90), (170, 175)), legs=((70, 100), (0, 178)))]
+# The left hand swings from the side to above the head (the largest movement) while the right
+# hand comes down from shoulder height: every mirrored and reversed change is definitely false.
+SWING = [dict(arms=((10, 175), (90, 175)), legs=((0, 178), (0, 178))),
+         dict(arms=((170, 175), (10, 175)), legs=((0, 178), (0, 178)))]
+
+
+def all_rows() -> list[dict]:
+    return build([make_row([make_kps(**p) for p in POSES]),
+                  make_row([make_kps(**p) for p in SWING], video_id="vid-swing")])
 
 
 def build(rows: list[dict], **cfg) -> list[dict]:
@@ -67,7 +76,7 @@ def test_phrasing_is_deterministic_and_varies_across_seeds():
 
 
 def test_rule_rows_store_their_facts_and_negatives_are_definitely_false():
-    rows = build([make_row([make_kps(**p) for p in POSES])])
+    rows = all_rows()
     tasks = {r["task"] for r in rows}
     assert tasks == set(CAPTION_TASKS), tasks
     for r in rows:
@@ -86,11 +95,57 @@ def test_rule_rows_store_their_facts_and_negatives_are_definitely_false():
                     assert False in said and None not in said
         if r["task"] == "change_match":
             assert r["choices"][s["index"]] == r["answer"] and len(set(r["choices"])) == 4
+            # Image 1 is the later frame exactly when the row says the pair is reversed
+            assert (r["timestamps"][0] > r["timestamps"][1]) == s["reversed"]
+            assert "not necessarily in time order" in r["question"]
+
+
+def _asked(rows: list[dict], task: str) -> list[tuple]:
+    """(option set, shown outcome) of each row: the outcome by its coins."""
+    out = []
+    for r in rows:
+        if r["task"] == task:
+            s = json.loads(r["answer_struct"])
+            out.append((frozenset(r["choices"]), s["mirrored"], s.get("reversed", False), r))
+    return out
+
+
+def test_match_rows_show_every_coin_outcome_and_the_images_follow_it():
+    """Over many seeds the same option set is asked with each of its images shown, and a
+    mirrored row's image, keypoints and box are the left-right mirror of the frame's."""
+    import cv2
+
+    video = make_row([make_kps(**p) for p in SWING], video_id="vid-swing")
+    outcomes: dict[str, Counter] = {"description_match": Counter(), "change_match": Counter()}
+    for seed in range(24):
+        tasks = TasksConfig.model_validate({"enabled": ["description_match", "change_match"],
+                                            "seed": seed})
+        out = BuildTasksStage(tasks, RunContext("r", "h", seed), 0.5)(
+            {k: [video[k]] for k in video})
+        for task in outcomes:
+            for _, mirrored, reversed_, r in _asked(out["samples"][0], task):
+                outcomes[task][(mirrored, reversed_, r["answer"])] += 1
+                s = json.loads(r["answer_struct"])
+                pos = [video["frame_indices"].index(i) for i in r["frame_indices"]]
+                frame = cv2.imdecode(np.frombuffer(video["frames_jpeg"][pos[0]], np.uint8), 1)
+                shown = cv2.imdecode(np.frombuffer(r["images"][0], np.uint8), 1)
+                expect = cv2.flip(frame, 1) if mirrored else frame
+                assert np.abs(shown.astype(int) - expect.astype(int)).mean() < 3
+                kps = json.loads(video["subject_json"])["keypoints"][pos[0]]
+                assert (r["keypoints"][0][pc.J["left_wrist"]][0] == pytest.approx(
+                    1 - kps[pc.J["right_wrist"]][0], abs=1e-4)) if mirrored else True
+                assert s["facts"] == s["choice_facts"][s["index"]]
+    # change_match: 4 outcomes (mirror x reversal), each with its own true caption
+    assert {(m, v) for m, v, _ in outcomes["change_match"]} == {(a, b) for a in (0, 1) for b in (0, 1)}
+    assert len({a for *_, a in outcomes["change_match"]}) == 4
+    # description_match: both mirror outcomes
+    assert {m for m, _, _ in outcomes["description_match"]} == {False, True}
 
 
 def test_rules_generator_off_writes_no_caption_rows_and_mllm_skips_rule_tasks():
     row = make_row([make_kps(**p) for p in POSES])
-    rows = build([row], pose_description={"generator": "mllm"}, pose_difference={"generator": "mllm"})
+    rows = build([row, make_row([make_kps(**p) for p in SWING], video_id="vid-swing")],
+                 pose_description={"generator": "mllm"}, pose_difference={"generator": "mllm"})
     assert {r["task"] for r in rows} == {"description_match", "change_match"}
     rows = build([row])
     posed = {**row, "samples": rows}
@@ -149,22 +204,27 @@ def test_every_limb_phrasing_parses_back_and_none_reads_as_a_lifted_leg():
     assert not any(w in p for p in seated for w in ("lifted", "is raised", "are raised"))
 
 
-def test_static_video_gets_description_match_rows_with_prior_drawn_wrong_values():
-    """Wrong values come from the slot's whole vocabulary (tasks_captions.DESC_PRIORS), not only
-    from other frames: a video whose frames all show one pose still gets questions, and every
-    wrong option's changed fact is False with margin on the row's own keypoints."""
-    pose = dict(arms=((170, 175), (170, 175)), legs=((0, 178), (0, 178)))   # both arms raised
-    rows = [r for r in build([make_row([make_kps(**pose)] * 16)], description_match={
+def test_static_video_gets_description_match_rows_mirrored_or_not():
+    """A video whose frames all show one lopsided pose still gets questions (the mirror and a
+    slot edit drawn from tasks_captions.DESC_PRIORS need no other frame); every wrong option's
+    changed fact is False with margin on the row's own keypoints; a symmetric pose (both arms
+    raised: its mirror is itself) gets none."""
+    rows = [r for r in build([make_row([make_kps(**RAISED_LEFT)] * 16)], description_match={
         "samples_per_video": 16}) if r["task"] == "description_match"]
     assert rows
     for r in rows:
         s = json.loads(r["answer_struct"])
         truths = pc.state_truths(r["keypoints"][0], 1000, 1000, 0.5, RULES)
         assert r["answer"] == r["choices"][s["index"]] and len(set(r["choices"])) == 4
+        raised = "left_arm" if not s["mirrored"] else "right_arm"
+        assert {"part": raised, "state": "raised above the head"} in s["facts"]
         for i, facts in enumerate(s["choice_facts"]):
             said = [truths[f["part"]][f["state"]] for f in facts if "part" in f]
             assert all(v is True for v in said) if i == s["index"] else (
                 False in said and None not in said)
+    both = dict(arms=((170, 175), (170, 175)), legs=((0, 178), (0, 178)))
+    assert not [r for r in build([make_row([make_kps(**both)] * 16)], description_match={
+        "samples_per_video": 16}) if r["task"] == "description_match"]
 
 
 def test_prior_draw_follows_the_table_within_the_truths_shape():
@@ -200,7 +260,7 @@ def test_match_options_have_matched_lengths_whatever_their_order():
 def test_card_quotes_captions_and_match_options_as_text():
     from proxyqa.trainer.card import caption_examples
 
-    rows = build([make_row([make_kps(**p) for p in POSES])])
+    rows = all_rows()
     by_task: dict[str, list[dict]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
