@@ -235,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                   seeds=args.seeds))
     if demo:   # the largest pool: every clip at every frame count, the demo's, the stills
         every = unique(*clips.values(), *demo.values(), stills)
-        results[f"all: clips+demo@{'+'.join(map(str, args.frames))}+stills x{args.seeds}"] = \
-            blind_by_take(questions(every, args.samples, seeds=args.seeds))
+        pool = questions(every, args.samples, seeds=args.seeds)
+        name = f"all: clips+demo@{'+'.join(map(str, args.frames))}+stills x{args.seeds}"
+        results[name] = blind_by_take(pool)
+        # stricter: each question scored by models fitted on every OTHER question, the same
+        # video's and take's included (what a model trained on the whole dataset could learn)
+        results[name + " LOQO"] = blind(pool, group=lambda r: r["sample_id"])
     if stills:
         results[f"stills x{args.seeds}"] = blind_by_take(questions(stills, args.samples, seeds=args.seeds))
         pooled = questions(clips[max(args.frames)] + stills, args.samples, seeds=args.seeds)
