@@ -142,11 +142,11 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
         "Which description of the pose of {who} is right?",
     )},
     "change_match": {"ask": (
-        "Which change of {who}'s pose happened between Image 1 and Image 2?",
+        "Which change in the pose of {who} happened between Image 1 and Image 2?",
         "Which of these pose changes did {who} make between Image 1 and Image 2?",
         "Pick the change in the pose of {who} that happened from Image 1 to Image 2.",
         "Between Image 1 and Image 2, which option describes how the pose of {who} changed?",
-        "Which option is the true change in {who}'s pose from Image 1 to Image 2?",
+        "Which option is the true change in the pose of {who} from Image 1 to Image 2?",
     )},
 }
 
