@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 from bench.caption_baselines import clip_rows  # noqa: E402
 from proxyqa.core.config import TasksConfig, load_config  # noqa: E402
 from proxyqa.core.people import subject_of  # noqa: E402
-from proxyqa.stages import posecodes as pc  # noqa: E402
 from proxyqa.stages import tasks_captions as tc  # noqa: E402
 
 
@@ -32,8 +31,7 @@ def funnel(rows: list[dict]) -> dict:
     cfg = TasksConfig().description_match
     min_score = load_config(REPO / "configs" / "local.yaml").pose.min_keypoint_score
     rules = tc.caption_rules(cfg)
-    negative = pc.Rules(angle_margin=rules.angle_margin,
-                        position_margin=max(rules.position_margin, tc.NEGATIVE_POSITION_MARGIN))
+    negative = tc._negative_rules(rules)
     videos, values = [], Counter()
     for row in rows:
         subject = subject_of(row) if row.get("status") == "ok" else None

@@ -2,12 +2,11 @@
 `pose_difference` rows, and the fine-grained multiple-choice `description_match` (one frame)
 and `change_match` (two frames).
 
-Every stated fact is true with margin on the row's keypoints (stages/captions.py); every wrong
-option differs from the truth in one statement whose claim is definitely false (False with
-margin in posecodes, never unknown). Options are built so the truth cannot be told from the
-text alone: they are the 2x2 grid of two "slots" (see `_grid_options`), so no option is the odd
-one out or the centre of the others; wrong values are drawn as often as true ones occur; and
-the options' lengths are matched.
+Every stated fact is true with margin on the row's keypoints (stages/captions.py); every claim
+a wrong option makes beyond the truth is definitely false (False with margin in posecodes,
+never unknown). The options of a match question are the captions of the images a fair coin
+could show (the frame mirrored or not; for change_match also the two frames in either order),
+so the text alone does not tell which is true; their lengths are matched.
 """
 from __future__ import annotations
 
@@ -280,6 +279,12 @@ def _mirror_facts(f: cap.PoseFacts) -> cap.PoseFacts:
     return cap.PoseFacts({swap_sides(p): s for p, s in f.states.items()}, f.relations)
 
 
+def _negative_rules(rules: pc.Rules) -> pc.Rules:
+    """The rules a wrong option's claims are judged false by (NEGATIVE_POSITION_MARGIN)."""
+    return pc.Rules(angle_margin=rules.angle_margin,
+                    position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
+
+
 def _pose_claim_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rules):
     """fact -> is it False with margin on this frame (a state, or a relation)."""
     false = cap.definitely_false(keypoints, w, h, min_score, rules)
@@ -296,8 +301,7 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
     w, h = int(row["width"]), int(row["height"])
     rng = rng_for(row, "description_match", ctx.seed)
     rules = caption_rules(cfg)
-    negative_rules = pc.Rules(angle_margin=rules.angle_margin,
-                              position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
+    negative_rules = _negative_rules(rules)
     facts = {pos: f for pos, f in _frame_facts(row, subject, min_score, rules).items()
              if len(f) >= cfg.min_facts}
     cands: list[Candidate] = []
@@ -376,8 +380,7 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
     w, h, kps = int(row["width"]), int(row["height"]), subject.keypoints
     rng = rng_for(row, "change_match", ctx.seed)
     rules = caption_rules(cfg)
-    negative_rules = pc.Rules(angle_margin=rules.angle_margin,
-                              position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
+    negative_rules = _negative_rules(rules)
     cands: list[Candidate] = []
     for a, b in _pairs(row, subject, rng):
         mirror_coin, reverse_coin = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
