@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from proxyqa.core.people import box_iou  # noqa: E402
 from proxyqa.core.schema import COCO17  # noqa: E402
 from proxyqa.stages import posecodes as pc  # noqa: E402
+from proxyqa.stages.mirror import SWAP  # noqa: E402
 
 J = {n: i for i, n in enumerate(COCO17)}
 POINT_TOL = 0.2          # torso lengths
@@ -181,10 +182,6 @@ def torso(p: Labelled, width: int, height: int) -> float:
     if lengths:
         return float(np.mean(lengths))
     return (p.box[3] - p.box[1]) * height / 3
-
-
-SWAP = [J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
-        for n in COCO17]
 
 
 def _median_dist(pred: np.ndarray, p: Labelled, width: int, height: int,

@@ -15,27 +15,32 @@ import numpy as np
 from proxyqa.core.schema import COCO17
 
 # COCO17 index of each joint's mirror twin (left_x <-> right_x; the nose is its own).
-_TWIN = [COCO17.index(n.replace("left_", "#").replace("right_", "left_").replace("#", "right_"))
-         for n in COCO17]
+SWAP = [COCO17.index(n.replace("left_", "#").replace("right_", "left_").replace("#", "right_"))
+        for n in COCO17]
 # Stored frames are already lossy; one more encode at a high quality keeps the mirror as sharp.
 MIRROR_JPEG_QUALITY = 95
 
 
+def mirror_points(keypoints, dtype=np.float32) -> np.ndarray:
+    """17 x [x, y, score] (normalised) of the mirrored image: x -> 1 - x, twins exchanged.
+    Its own inverse: a skeleton found on a mirrored frame, mirrored, is in the frame's terms."""
+    k = np.asarray(keypoints, dtype=dtype).reshape(len(COCO17), 3)[SWAP].copy()
+    k[:, 0] = 1.0 - k[:, 0]
+    return k
+
+
 def mirror_keypoints(keypoints) -> Optional[list[list[float]]]:
-    """17 x [x, y, score] (normalised) of the mirrored image; None stays None."""
+    """`mirror_points` as the row stores keypoints (nested lists); None stays None."""
     if keypoints is None:
         return None
-    k = np.asarray(keypoints, dtype=np.float64).reshape(len(COCO17), 3)[_TWIN].copy()
-    k[:, 0] = 1.0 - k[:, 0]
-    return np.round(k, 6).tolist()
+    return np.round(mirror_points(keypoints, np.float64), 6).tolist()
 
 
 def mirror_box(box) -> Optional[list[float]]:
-    """[x1, y1, x2, y2] (normalised) of the mirrored image."""
+    """[x1, y1, x2, y2] (normalised) of the mirrored image; None stays None."""
     if box is None:
         return None
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [1.0 - x2, y1, 1.0 - x1, y2]
+    return [1.0 - float(box[2]), float(box[1]), 1.0 - float(box[0]), float(box[3])]
 
 
 def mirror_jpeg(data: bytes) -> bytes:

@@ -34,11 +34,10 @@ import numpy as np
 
 from proxyqa.core.people import Person, box_iou
 from proxyqa.core.schema import COCO17
+from proxyqa.stages.mirror import SWAP, mirror_box, mirror_points
 
 J = {name: i for i, name in enumerate(COCO17)}
 # COCO-17 index of each joint's other-side twin (nose and other centre joints map to themselves).
-SWAP = [J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
-        for n in COCO17]
 LIMB_JOINTS = list(range(5, 17))      # shoulders .. ankles: what the questions ask about
 
 FLIP_TOLERANCE = 0.15     # torso lengths a joint may move between the run and the mirrored run
@@ -70,13 +69,7 @@ def sides_only(flag: Optional[str]) -> bool:
 
 def mirror_back(person: Person) -> np.ndarray:
     """Keypoints found on the mirrored frame, in the frame's coordinates and the person's sides."""
-    kps = np.asarray(person.keypoints, np.float32)[SWAP].copy()
-    kps[:, 0] = 1.0 - kps[:, 0]
-    return kps
-
-
-def mirror_box(box: Sequence[float]) -> list[float]:
-    return [1.0 - box[2], box[1], 1.0 - box[0], box[3]]
+    return mirror_points(person.keypoints)
 
 
 def _px(kps: np.ndarray, aspect: float) -> np.ndarray:

@@ -195,14 +195,9 @@ def _shape(v: Value) -> tuple[bool, ...]:
     return tuple(x is None for x in v)
 
 
-def _keys(facts: list[dict]) -> set[str]:
-    return {json.dumps(f, sort_keys=True) for f in facts}
-
-
 def _claims_false(option: list[dict], truth: list[dict], is_false) -> bool:
     """The option says something the truth does not, and every such claim is False with margin."""
-    known = _keys(truth)
-    extra = [f for f in option if json.dumps(f, sort_keys=True) not in known]
+    extra = [f for f in option if f not in truth]
     return bool(extra) and all(is_false(f) for f in extra)
 
 
@@ -228,16 +223,17 @@ def _shown_subject(subject, mirrored: bool):
 
 def _ask(row: dict, task: str, ctx: RunContext, subject, cands: list[Candidate], n: int, rng,
          render, question) -> list[dict]:
-    """Rows of the candidates pick_diverse keeps. A candidate holds its variants (one fact list
-    per coin outcome, in a fixed order), the outcome the coins chose (`shown`), the frame
-    positions in shown order and whether the images are mirrored."""
+    """Rows of the candidates pick_diverse keeps. A candidate holds its variants (the facts of
+    each coin outcome, in a fixed order; `render(facts, voice)` writes one), the outcome the
+    coins chose (`shown`), the frame positions in shown order and whether the images are
+    mirrored."""
     samples = []
     for _, key, c in pick_diverse(cands, n, rng):
         voice = _voice(row, task, key, ctx.seed)
         order = [int(i) for i in rng.permutation(len(c["variants"]))]
-        options = [c["variants"][i] for i in order]
+        options = [c["variants"][i].as_list() for i in order]
         # lengths matched across the options (captions.matched_texts): no "pick the shortest"
-        texts = cap.matched_texts([lambda v, o=o: render(o, v) for o in options], voice)
+        texts = cap.matched_texts([lambda v, f=c["variants"][i]: render(f, v) for i in order], voice)
         if len(set(texts)) < len(texts):   # distinct facts, same text: never ask it
             continue
         index = order.index(c["shown"])
@@ -332,16 +328,10 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
         if not _distinct(lists) or not _all_wrong_false(lists, tests):   # the edits: never shown
             continue
         cands.append((pos, f"{pos}:{unit}", {
-            "variants": lists, "facts": variants, "shown": int(mirror_coin), "positions": [pos],
+            "variants": variants, "shown": int(mirror_coin), "positions": [pos],
             "mirrored": mirror_coin, "edit": f"mirror+{unit}", "struct": {"slot": unit}}))
 
-    by_facts = {}
-    for c in cands:
-        for lst, v in zip(c[2]["variants"], c[2]["facts"]):
-            by_facts[json.dumps(lst, sort_keys=True)] = v
-
-    def render(option: list[dict], voice: cap.Voice) -> str:
-        v = by_facts[json.dumps(option, sort_keys=True)]
+    def render(v: cap.PoseFacts, voice: cap.Voice) -> str:
         return cap.describe_pose(v.states, v.relations, voice)
 
     def question(template: str, who: str, named: bool) -> str:
@@ -399,23 +389,15 @@ def change_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext, min_score: fl
             continue
         k = 2 * int(mirror_coin) + int(reverse_coin)
         cands.append((a * 1000 + b, f"{a},{b}", {
-            "variants": lists, "facts": variants, "shown": k,
+            "variants": variants, "shown": k,
             "positions": [b, a] if reverse_coin else [a, b], "mirrored": mirror_coin,
             "edit": "mirror+reverse", "struct": {"reversed": reverse_coin}}))
-
-    by_facts = {}
-    for c in cands:
-        for lst, v in zip(c[2]["variants"], c[2]["facts"]):
-            by_facts[json.dumps(lst, sort_keys=True)] = v
-
-    def render(option: list[dict], voice: cap.Voice) -> str:
-        return cap.describe_change(by_facts[json.dumps(option, sort_keys=True)], voice)
 
     def question(template: str, who: str, named: bool) -> str:
         return (f"{ANY_ORDER} {template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
                 f"{UP_DOWN_NOTE} Answer with the option's text.")
-    return _ask(row, "change_match", ctx, subject, cands, cfg.samples_per_video, rng, render,
-                question)
+    return _ask(row, "change_match", ctx, subject, cands, cfg.samples_per_video, rng,
+                cap.describe_change, question)
 
 
 # The caption margins of the config's defaults (tasks.pose_description.angle_margin, ...).

@@ -131,9 +131,12 @@ def test_match_rows_show_every_coin_outcome_and_the_images_follow_it():
                 shown = cv2.imdecode(np.frombuffer(r["images"][0], np.uint8), 1)
                 expect = cv2.flip(frame, 1) if mirrored else frame
                 assert np.abs(shown.astype(int) - expect.astype(int)).mean() < 3
-                kps = json.loads(video["subject_json"])["keypoints"][pos[0]]
-                assert (r["keypoints"][0][pc.J["left_wrist"]][0] == pytest.approx(
-                    1 - kps[pc.J["right_wrist"]][0], abs=1e-4)) if mirrored else True
+                kps = np.asarray(json.loads(video["subject_json"])["keypoints"][pos[0]], float)
+                if mirrored:   # the left wrist of the shown image is the frame's right one, x mirrored
+                    kps = kps[[pc.J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
+                               for n in pc.J]]
+                    kps[:, 0] = 1 - kps[:, 0]
+                assert np.allclose(np.asarray(r["keypoints"][0], float), kps, atol=1e-4)
                 assert s["facts"] == s["choice_facts"][s["index"]]
     # change_match: 4 outcomes (mirror x reversal), each with its own true caption
     assert {(m, v) for m, v, _ in outcomes["change_match"]} == {(a, b) for a in (0, 1) for b in (0, 1)}
