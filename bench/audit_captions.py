@@ -67,6 +67,22 @@ def render(row: dict, path: Path | None = None) -> np.ndarray:
     return out
 
 
+def render_crop(row: dict, path: Path, height: int = 640) -> np.ndarray:
+    """The subject of the first shown image at full stored resolution, cropped to its box
+    (padded by a fifth on every side) and scaled to `height` px: limbs small in `render` are
+    judged here."""
+    img = cv2.imdecode(np.frombuffer(row["images"][0], np.uint8), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = row["subject_box"] or (0.0, 0.0, 1.0, 1.0)
+    px, py = (x2 - x1) / 5, (y2 - y1) / 5
+    crop = img[max(0, int((y1 - py) * h)):min(h, int((y2 + py) * h)),
+               max(0, int((x1 - px) * w)):min(w, int((x2 + px) * w))]
+    crop = cv2.resize(crop, (max(1, int(crop.shape[1] * height / crop.shape[0])), height),
+                      interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), crop)
+    return crop
+
+
 def _key(fact: dict) -> str:
     return json.dumps(fact, sort_keys=True)
 

@@ -1,8 +1,6 @@
-"""Text-only baselines of the caption match tasks, on as many questions as the data allows,
-and the slot-value priors the match tasks draw wrong values from.
+"""Text-only baselines of the caption match tasks, on as many questions as the data allows.
 
-    python bench/caption_baselines.py [--frames 16 64] [--samples 40] [--out bench/results]
-    python bench/caption_baselines.py --priors        # the prior tables (stages/tasks_captions.py)
+    python bench/caption_baselines.py [--frames 32 64] [--samples 40] [--out bench/results]
     python bench/caption_baselines.py --render 30     # also PNGs for the audit by eye
 
 Inputs (pose cached under .cache/bench/, so re-runs only rebuild the questions):
@@ -16,11 +14,6 @@ Questions: description_match and change_match built by the task code itself
 (stages/tasks_captions.py) with `samples_per_video = --samples` (many more than the demo's 2).
 Baselines (bench/audit_captions.py `blind`): typical (fact prior, leave-one-video-out),
 medoid, longest, shortest, word-bigram naive Bayes (leave-one-video-out), chance.
-
-`--priors` prints, per slot (torso / arms / legs), how often each value is the TRUE value
-of a frame eligible for description_match (frames with >= min_facts facts, caption margins),
-pooled over the clips (at the largest --frames) and the stills, and the leave-one-video-out
-spread (the largest change of a value's share when one video is left out).
 """
 from __future__ import annotations
 
@@ -39,7 +32,7 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.audit_captions import blind, render  # noqa: E402
+from bench.audit_captions import blind, render, render_crop  # noqa: E402
 from bench.caption_precision import load_sets  # noqa: E402
 from proxyqa.core.config import TasksConfig, load_config  # noqa: E402
 from proxyqa.core.people import subject_of  # noqa: E402
@@ -159,54 +152,14 @@ def questions(rows: list[dict], samples: int, tasks=MATCH, seeds: int = 1) -> li
     return out
 
 
-def priors(groups: dict[str, list[dict]]) -> dict[str, Any]:
-    """Per slot: value -> share of eligible frames with that true value; and the
-    leave-one-video-out spread (max |share without video v - share|)."""
-    cfg = TasksConfig().description_match
-    min_score = load_config(REPO / "configs" / "local.yaml").pose.min_keypoint_score
-    rules = tc.caption_rules(cfg)
-    per_video: dict[str, dict[str, Counter]] = {}
-    for name, rows in groups.items():
-        for row in rows:
-            subject = subject_of(row) if row.get("status") == "ok" else None
-            if subject is None:
-                continue
-            counts = per_video.setdefault(f"{name}:{row['video_id']}",
-                                          {u: Counter() for u in tc.DESC_UNITS})
-            for f in tc._frame_facts(row, subject, min_score, rules).values():
-                if len(f) < cfg.min_facts:
-                    continue
-                for unit, parts in tc.DESC_UNITS.items():
-                    v = tc._value(f.states.get, parts)
-                    if v is not None:
-                        counts[unit][v] += 1
-    out: dict[str, Any] = {}
-    for unit in tc.DESC_UNITS:
-        total = sum((c[unit] for c in per_video.values()), Counter())
-        n = sum(total.values())
-        share = {v: total[v] / n for v in total}
-        spread = 0.0
-        for c in per_video.values():
-            rest = total - c[unit]
-            m = sum(rest.values())
-            if m:
-                spread = max(spread, max(abs(rest[v] / m - share[v]) for v in share))
-        out[unit] = {"frames": n, "videos": sum(bool(c[unit]) for c in per_video.values()),
-                     "counts": {json.dumps(v): total[v] for v in sorted(total, key=total.get,
-                                                                        reverse=True)},
-                     "loo_spread": round(spread, 4)}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--frames", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=10,
                         help="tasks.seed values pooled (the demo rows: seed 0 only)")
     parser.add_argument("--no-stills", action="store_true")
-    parser.add_argument("--priors", action="store_true")
     parser.add_argument("--demo", type=Path, default=REPO / "demo-data" / "clips",
                         help="the demo clips (`make demo`'s input), if present: their rows at "
                              "seed 0 (what the demo writes) and pooled with the rest")
@@ -219,11 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.demo and args.demo.is_dir() else {})
     stills = [] if args.no_stills else still_rows(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.priors:
-        res = priors({"clips": clips[max(args.frames)], "stills": stills})
-        print(json.dumps(res, indent=1))
-        (args.out / "caption_priors.json").write_text(json.dumps(res, indent=1))
-        return 0
     results: dict[str, Any] = {}
     for n, rows in clips.items():
         results[f"clips@{n}, demo (2/video)"] = blind_by_take(questions(rows, 2))
@@ -269,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             picked = [q for _, q in sorted(zip(rank, picked), key=lambda x: (x[0], x[1]["video_id"]))]
             for k, q in enumerate(picked[: args.render]):
                 render(q, audit / f"{task}_{k:02d}.png")
+                render_crop(q, audit / f"{task}_{k:02d}_crop.png")
                 (audit / f"{task}_{k:02d}.json").write_text(json.dumps(
                     {"video_id": q["video_id"], "answer": q["answer"], "choices": q["choices"],
                      "answer_struct": json.loads(q["answer_struct"])}, indent=1))

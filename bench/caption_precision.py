@@ -6,7 +6,8 @@ For every hand-labelled person of ../shared/data/coco_pose and ../shared/data/po
 CrowdPose, MPII, PoseTrack18), the pipeline's pose (mediapipe, as configs/local.yaml runs it:
 the image downscaled to decode.max_side, num_poses=2) runs on the image as a still; predicted
 people are matched one-to-one to labelled people by box IoU >= 0.3 (Hungarian). The caption
-writer (proxyqa.stages.captions) states the facts of each matched prediction; each stated fact
+writer (proxyqa.stages.captions) states the facts of each matched prediction (with the hand
+and foot heights description_match captions state, also counted apart); each stated fact
 is then re-evaluated by the same documented rule on the HAND-LABELLED keypoints (labelled
 joints score 1, others 0), giving true / false / undecidable (a joint the labels lack, e.g. no
 face keypoints in AIC/CrowdPose/MPII, or a value within the rule's margin on the labels).
@@ -15,6 +16,8 @@ Reported per set and overall: stated facts, true, false, undecidable,
 precision = true / (true + false) (the headline), and strict = true / stated. Also the same
 for the hard negatives description_match may use: each state that is definitely false on the
 prediction, re-evaluated on the labels (a negative is wrong if the labels make it true).
+Then the same for the facts the pipeline itself states (`evaluate_subjects`: the subject of
+each image as the pose stage picks it, only when its pose checks pass).
 Writes <out>/caption_precision.json with every stated fact and its verdict.
 """
 from __future__ import annotations
@@ -140,6 +143,8 @@ def match(pred_boxes: list, gt_boxes: list) -> list[tuple[int, int]]:
 
 
 def fact_truth(fact: dict, gt, w: int, h: int, min_score: float):
+    if fact.get("relation") in cap.HEIGHTS:
+        return pc.heights(gt, w, h, min_score).get(fact["relation"])
     if "relation" in fact:
         return pc.relations(gt, w, h, min_score).get(fact["relation"])
     return pc.state_truths(gt, w, h, min_score)[fact["part"]][fact["state"]]
@@ -151,6 +156,7 @@ def evaluate(shared: Path, min_score: float, max_side: int, num_poses: int,
     per_set: dict[str, Counter] = {}
     neg: dict[str, Counter] = {}
     details = []
+    hcounts: Counter = Counter()
     for set_name, items in load_sets(shared).items():
         counts, ncounts = per_set.setdefault(set_name, Counter()), neg.setdefault(set_name, Counter())
         for item in items:
@@ -164,11 +170,17 @@ def evaluate(shared: Path, min_score: float, max_side: int, num_poses: int,
                 gt = item["people"][gi][1].astype(float).tolist()
                 facts = cap.pose_facts(pred, w, h, min_score, rules)
                 counts["captions"] += int(len(facts) > 0)
-                for fact in facts.as_list():
+                # heights: stated by description_match captions (counted apart as well)
+                heights = [{"relation": r} for r in
+                           cap.height_facts(pred, w, h, min_score, facts.states, rules)]
+                for fact in facts.as_list() + heights:
                     truth = fact_truth(fact, gt, w, h, min_score)
                     verdict = {True: "true", False: "false", None: "undecidable"}[truth]
                     counts["stated"] += 1
                     counts[verdict] += 1
+                    if fact in heights:
+                        hcounts["stated"] += 1
+                        hcounts[verdict] += 1
                     details.append({"set": set_name, "image": item["image"].name, "person": gi,
                                     "fact": fact, "verdict": verdict})
                 # Hard negatives: states definitely false on the prediction, of parts with a state.
@@ -196,10 +208,46 @@ def evaluate(shared: Path, min_score: float, max_side: int, num_poses: int,
         "match": f"box IoU >= {MIN_MATCH_IOU}, one-to-one",
         "per_set": {k: summary(v) for k, v in per_set.items()},
         "overall": summary(total),
+        "heights": summary(hcounts),
         "negatives_per_set": {k: nsummary(v) for k, v in neg.items()},
         "negatives_overall": nsummary(ntotal),
         "facts": details,
     }
+
+
+def evaluate_subjects(shared: Path, min_score: float, rules: pc.Rules) -> dict[str, Any]:
+    """The facts the pipeline itself would state: each image posed by the pose stage as a
+    one-frame clip (bench/caption_baselines.py `still_rows`: subject rule and pose checks), the
+    subject captioned only when its frame passed the checks, matched to a labelled person by
+    box IoU >= MIN_MATCH_IOU."""
+    from bench.caption_baselines import still_rows
+    from proxyqa.core.people import subject_of
+
+    labels = {str(item["image"]): item for items in load_sets(shared).values() for item in items}
+    counts, details = Counter(), []
+    for row in still_rows(shared):
+        item, subject = labels[row["video_uri"]], subject_of(row)
+        counts["images"] += 1
+        if subject is None or 0 not in subject.usable_frames():
+            counts["no_subject_or_flagged"] += 1
+            continue
+        ious = [box_iou(subject.boxes[0], b) for b, _ in item["people"]]
+        if not ious or max(ious) < MIN_MATCH_IOU:
+            counts["unmatched"] += 1
+            continue
+        gt = item["people"][int(np.argmax(ious))][1].astype(float).tolist()
+        pred, w, h = subject.keypoints[0], item["width"], item["height"]
+        facts = cap.pose_facts(pred, w, h, min_score, rules)
+        heights = [{"relation": r} for r in cap.height_facts(pred, w, h, min_score, facts.states, rules)]
+        for fact in facts.as_list() + heights:
+            verdict = {True: "true", False: "false", None: "undecidable"}[
+                fact_truth(fact, gt, w, h, min_score)]
+            counts["stated"] += 1
+            counts[verdict] += 1
+            details.append({"image": row["video_id"], "fact": fact, "verdict": verdict})
+    decided = counts["true"] + counts["false"]
+    return {**dict(counts), "precision": round(counts["true"] / decided, 4) if decided else None,
+            "facts": details}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<12} {s.get('labelled_people', 0):>6} {s.get('matched_people', 0):>7} "
               f"{s.get('stated', 0):>6} {s.get('true', 0):>5} {s.get('false', 0):>5} "
               f"{s.get('undecidable', 0):>5} {str(s['precision']):>9} {str(s['strict']):>6}")
+    hs = res["heights"]
+    print(f"of which heights: stated {hs.get('stated', 0)}, true {hs.get('true', 0)}, "
+          f"false {hs.get('false', 0)}, undecidable {hs.get('undecidable', 0)}; "
+          f"precision {hs['precision']}")
     n = res["negatives_overall"]
     print(f"hard negatives: {n.get('negatives', 0)} (definitely false on the labels {n.get('ok', 0)}, "
           f"true on the labels {n.get('wrong', 0)}, undecidable {n.get('undecidable', 0)}); "
@@ -230,6 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     for d in res["facts"]:
         if d["verdict"] == "false":
             print("false fact:", d)
+    res["pipeline_subjects"] = sub = evaluate_subjects(
+        args.shared, cfg.pose.min_keypoint_score, pc.Rules(**margins))
+    print(f"as the pipeline states them (subject, pose checks passed): images {sub['images']}, "
+          f"flagged or no subject {sub.get('no_subject_or_flagged', 0)}, unmatched "
+          f"{sub.get('unmatched', 0)}; facts {sub.get('stated', 0)}: true {sub.get('true', 0)}, "
+          f"false {sub.get('false', 0)}, undecidable {sub.get('undecidable', 0)}; "
+          f"precision {sub['precision']}")
+    for d in sub["facts"]:
+        if d["verdict"] == "false":
+            print("false fact (pipeline):", d)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "caption_precision.json").write_text(json.dumps(res, indent=1))
     print(f"wrote {args.out / 'caption_precision.json'}")

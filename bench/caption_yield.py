@@ -1,14 +1,14 @@
-"""How many frames of a set of clips could carry a description_match question at all: the
-funnel from decoded frames to lopsided frames whose mirror is definitely false.
+"""How many frames and frame pairs of a set of clips could carry a description_match question:
+the funnel from decoded frames to the pairs the task can ask.
 
-    python bench/caption_yield.py [--clips demo-data/clips] [--frames 16]
+    python bench/caption_yield.py [--clips demo-data/clips] [--frames 32]
 
 Per video: decoded frames, frames the pose checks did not flag (`Subject.usable_frames`),
-frames with >= min_facts caption facts, and frames whose caption changes under the left/right
-mirror with every exchanged claim False with margin (`mirror_ok`: the device description_match
-needs, docs/captions.md), and the bound on rows (at most `samples_per_video` per video). Then
-the true facts of those frames. Pose as configs/local.yaml (cached under .cache/bench/, shared
-with bench/caption_baselines.py).
+lopsided frames (their left/right mirror has another caption: the device description_match
+needs, docs/captions.md), frame pairs whose 4 images (each frame, mirrored or not) have 4
+distinct captions that differ pairwise only in facts False with margin (`pairs`), and the
+distinct option sets among those pairs. Pose as configs/local.yaml (cached under .cache/bench/,
+shared with bench/caption_baselines.py).
 """
 from __future__ import annotations
 
@@ -31,46 +31,42 @@ def funnel(rows: list[dict]) -> dict:
     cfg = TasksConfig().description_match
     min_score = load_config(REPO / "configs" / "local.yaml").pose.min_keypoint_score
     rules = tc.caption_rules(cfg)
-    negative = tc._negative_rules(rules)
-    videos, values = [], Counter()
+    videos, keys = [], Counter()
     for row in rows:
         subject = subject_of(row) if row.get("status") == "ok" else None
-        n = len(row.get("timestamps") or ())
+        v = {"video": Path(row["video_uri"]).name, "frames": len(row.get("timestamps") or ()),
+             "usable": 0, "lopsided": 0, "pairs": 0, "option_sets": 0}
+        videos.append(v)
         if subject is None:
-            videos.append({"video": Path(row["video_uri"]).name, "frames": n, "usable": 0,
-                           "facts": 0, "mirror_ok": 0})
             continue
-        w, h = int(row["width"]), int(row["height"])
-        facts = {p: f for p, f in tc._frame_facts(row, subject, min_score, rules).items()
-                 if len(f) >= cfg.min_facts}
-        ok = 0
-        for pos, f in facts.items():
-            truth, mirrored = f.as_list(), tc._mirror_facts(f).as_list()
-            test = tc._pose_claim_test(subject.keypoints[pos], w, h, min_score, negative)
-            if tc._claims_false(mirrored, truth, test):
-                ok += 1
-                values.update(json.dumps(x, sort_keys=True) for x in truth)
-        videos.append({"video": Path(row["video_uri"]).name, "frames": n,
-                       "usable": len(subject.usable_frames()), "facts": len(facts),
-                       "mirror_ok": ok})
-    bound = sum(min(cfg.samples_per_video, v["mirror_ok"]) for v in videos)
-    return {"videos": videos, "rows_at_most": bound,
-            "mirror_ok_facts": dict(values.most_common())}
+        images = tc.lopsided_images(subject, int(row["width"]), int(row["height"]), min_score, rules)
+        frames, sets = sorted(images), set()
+        for i, a in enumerate(frames):
+            for b in frames[i + 1:]:
+                group = images[a] + images[b]
+                chosen = tc._group_keys(group, cfg.min_facts)
+                if chosen:
+                    v["pairs"] += 1
+                    keys.update(chosen)
+                    sets.add(json.dumps(sorted(json.dumps([g[0][k] for k in chosen]) for g in group)))
+        v.update(usable=len(subject.usable_frames()), lopsided=len(images), option_sets=len(sets))
+    bound = sum(min(cfg.samples_per_video, v["option_sets"]) for v in videos)
+    return {"videos": videos, "rows_at_most": bound, "keys_stated": dict(keys.most_common())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--clips", type=Path, default=REPO / "demo-data" / "clips")
-    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=32)
     args = parser.parse_args(argv)
     res = funnel(clip_rows(args.shared, args.frames, args.clips))
+    cols = ("frames", "usable", "lopsided", "pairs", "option_sets")
     for v in res["videos"]:
-        print(f"{v['video']:34s} frames={v['frames']:3d} usable={v['usable']:3d} "
-              f">=min_facts={v['facts']:3d} mirror_ok={v['mirror_ok']:3d}")
-    total = {k: sum(v[k] for v in res["videos"]) for k in ("frames", "usable", "facts", "mirror_ok")}
+        print(f"{v['video']:34s} " + " ".join(f"{k}={v[k]:4d}" for k in cols))
+    total = {k: sum(v[k] for v in res["videos"]) for k in cols}
     print("total", total, "| description_match rows at most:", res["rows_at_most"])
-    print("true facts of the mirror_ok frames:", json.dumps(res["mirror_ok_facts"], indent=1))
+    print("keys the asked pairs state:", json.dumps(res["keys_stated"]))
     return 0
 
 

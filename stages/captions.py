@@ -9,6 +9,7 @@ added later) applies to captions too: a part posecodes will not label is never d
 Facts (JSON-able dicts, stored in a row's `answer_struct["facts"]`):
 - `{"part": "left_arm", "state": "bent at the elbow"}`   a body-part state (posecodes.PART_STATES)
 - `{"relation": "hands_together"}` / `{"relation": "feet_apart"}`   a true relation
+- `{"relation": "left_hand_higher"}` (hand/foot, left/right)  a true height (description_match)
 - `{"motion": "left_hand", "direction": "up"}`           image direction, relative and absolute
 - `{"most_moved": "left_hand"}`                          relative to the hips, by the margin
 - `{"part": "left_arm", "from": "...", "to": "..."}`     a state change between two frames
@@ -89,6 +90,18 @@ RELATION_TEXT: dict[str, tuple[str, ...]] = {
     "feet_apart": ("The feet are wide apart", "The feet are set far apart",
                    "The feet are spread wide apart"),
 }
+# Which hand (foot) is the higher one in the image (posecodes.heights): description_match only.
+HEIGHTS = ("left_hand_higher", "right_hand_higher", "left_foot_higher", "right_foot_higher")
+for _side, _other in (("left", "right"), ("right", "left")):
+    for _kind in ("hand", "foot"):
+        RELATION_TEXT[f"{_side}_{_kind}_higher"] = (
+            f"The {_side} {_kind} is higher than the {_other} {_kind}",
+            f"The {_side} {_kind} is held higher than the {_other} one",
+            f"The {_other} {_kind} is lower than the {_side} {_kind}")
+# Arm states whose hand heights are known in order (a bent arm's hand can be anywhere): one
+# arm ranked above the other already says which hand is higher, so that height is not stated.
+ARM_HEIGHT_RANK = {"raised above the head": 2, "stretched out away from the body": 1,
+                   "hanging down by the side": 0}
 # Second clause of a mixed pair: "The left arm X, while the right arm Y."
 CONNECTIVES = (", while the right {noun} ", ", and the right {noun} ", ", whereas the right {noun} ",
                ", while the right one ")
@@ -188,7 +201,19 @@ def describe_pose(states: dict[str, str], relations: Sequence[str], voice: Voice
         rel = "hands_together" if kind == "arm" else "feet_apart"
         if rel in relations:
             sentences.append(voice.pick(rel, RELATION_TEXT[rel]) + ".")
+        limb = "hand" if kind == "arm" else "foot"
+        sentences += [voice.pick(r, RELATION_TEXT[r]) + "." for r in relations
+                      if r in HEIGHTS and f"_{limb}_" in r]
     return " ".join(sentences)
+
+
+def height_facts(keypoints, width: int, height: int, min_score: float, states: dict[str, str],
+                 rules: pc.Rules = pc.DEFAULT_RULES) -> tuple[str, ...]:
+    """The true `posecodes.heights` facts that the arm states do not already say."""
+    ranks = [ARM_HEIGHT_RANK.get(states.get(p)) for p in PAIRS["arm"]]
+    implied = None not in ranks and ranks[0] != ranks[1]
+    return tuple(r for r, v in pc.heights(keypoints, width, height, min_score, rules).items()
+                 if v and not (implied and "_hand_" in r))
 
 
 def facts_of(states: dict[str, str], relations: Sequence[str]) -> list[Fact]:

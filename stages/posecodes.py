@@ -75,6 +75,10 @@ class Rules:
     hands_together: float = 0.25         # wrist distance
     feet_apart: float = 0.75             # ankle distance
     crouch_knee: float = 110.0           # both knee angles below -> crouching
+    higher_by: float = 0.1               # a hand (foot) higher in the image than its twin by this
+    twins_apart: float = 0.1             # ... and this far from it sideways: else one may hide
+    #                                      the other (the audit by eye: a foot behind the other leg)
+    min_height_segment: float = 0.15     # heights: no limb segment shorter (a collapsed limb)
     min_arm_segment: float = 0.3         # shorter limb segments are foreshortened: no angle fact
     min_leg_segment: float = 0.4
     # Motion
@@ -341,6 +345,35 @@ def relations(keypoints, width: int, height: int, min_score: float,
         knees = (angles["left_knee"], angles["right_knee"])
         facts["crouching"] = _all(*(_above(r.crouch_knee, k, r.angle_margin) for k in knees))
     return {k: v for k, v in facts.items() if v is not None}
+
+
+def heights(keypoints, width: int, height: int, min_score: float,
+            rules: Rules = DEFAULT_RULES) -> dict[str, bool]:
+    """Which hand (foot) is higher in the image than the other: `left_hand_higher`,
+    `right_hand_higher`, `left_foot_higher`, `right_foot_higher` (absent when unmeasurable or
+    within the margin). Lopsided facts: the left-right mirror of a frame exchanges them, which
+    the matching questions use (docs/captions.md)."""
+    pose = pose_of(keypoints, width, height, min_score)
+    if pose.scale is None:
+        return {}
+    out: dict[str, Tri] = {}
+    for kind, limb in (("hand", ("shoulder", "elbow", "wrist")), ("foot", ("hip", "knee", "ankle"))):
+        joint = limb[-1]
+        # no collapsed segment (of confident joints): the hand-label benchmark's false heights
+        # were wrists taken from a neighbour on arms with a segment of ~0.13 torso lengths
+        # (bench/caption_precision.py); a foreshortened arm (0.2-0.3) still places its wrist
+        collapsed = any(pose.ok(f"{s}_{a}", f"{s}_{b}") and np.linalg.norm(
+            pose.p(f"{s}_{b}") - pose.p(f"{s}_{a}")) < rules.min_height_segment * pose.scale
+            for s in SIDES for a, b in zip(limb, limb[1:]))
+        if collapsed or not pose.ok(f"left_{joint}", f"right_{joint}"):
+            continue
+        apart = abs(pose.p(f"left_{joint}")[0] - pose.p(f"right_{joint}")[0]) / pose.scale
+        if apart >= rules.twins_apart:
+            # image y grows downwards: > 0 when the left joint is the higher one
+            lift = (pose.p(f"right_{joint}")[1] - pose.p(f"left_{joint}")[1]) / pose.scale
+            out[f"left_{kind}_higher"] = _above(lift, rules.higher_by, rules.position_margin)
+            out[f"right_{kind}_higher"] = _above(-lift, rules.higher_by, rules.position_margin)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ and `change_match` (two frames).
 Every stated fact is true with margin on the row's keypoints (stages/captions.py); every claim
 a wrong option makes beyond the truth is definitely false (False with margin in posecodes,
 never unknown). The options of a match question are the captions of the images a fair coin
-could show (the frame mirrored or not; for change_match also the two frames in either order),
-so the text alone does not tell which is true; their lengths are matched.
+could show (mirrored or not; change_match: the two frames in either order; description_match:
+one of two frames), so the text alone does not tell which is true; their lengths are matched.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ TWO_FRAMES = "Image 1 and Image 2 are two frames of one video; Image 1 was taken
 # change_match shows the two frames in either order (a coin: see the matching questions below).
 ANY_ORDER = "Image 1 and Image 2 are two frames of one video, not necessarily in time order."
 UP_DOWN_NOTE = " Up and down are directions in the image."
+HIGHER_NOTE = " Higher and lower mean higher and lower in the image."
 MAX_PAIRS = 64   # frame pairs examined per video at most
 # A wrong option "raised above the head" must be false by this many body sizes (not just the
 # caption margin): the audit by eye found hands at head height (false by the rule's 0.15, but
@@ -129,70 +130,19 @@ def pose_difference(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
 #   with left and right exchanged.
 # - Reversal (change_match): Image 1 and Image 2 shown in time order or the other way round;
 #   the change from Image 1 to Image 2 is then the reverse change (up <-> down, from <-> to).
+# - Frame (description_match): which of two frames A and B of the video is shown.
 #
-# change_match crosses both: its 4 options are the captions of (mirrored?, reversed?), and each
-# is the true one exactly 1/4 of the time given the options. description_match has one frame
-# and only the mirror: it crosses the mirror with one slot's value edited (drawn from
-# DESC_PRIORS), so a text-only model can at best guess the edit (1/2 at most overall).
-# A question is asked only when every wrong option is definitely false (each claim it makes
+# change_match crosses mirror and reversal, description_match mirror and frame: the 4 options
+# are the captions of the 4 outcomes, and each is the true one exactly 1/4 of the time given
+# the options. A question is asked only when every wrong option is definitely false (each claim it makes
 # beyond the truth False with margin) for EVERY coin outcome, a condition that does not depend
 # on the coins, so filtering keeps the fairness. Lengths are matched over the set of options
 # (captions.matched_texts) (docs/captions.md).
 
-Value = tuple  # a unit's value: one entry per part of the unit (None: the part has no fact)
-
-DESC_UNITS: dict[str, tuple[str, ...]] = {"torso": ("torso",), "arms": cap.PAIRS["arm"],
-                                          "legs": cap.PAIRS["leg"]}
-# A relation about an edited slot's body parts is left out of that question's options, so no
-# option contradicts its own context sentence.
-DESC_DROP = {"arms": "hands_together", "legs": "feet_apart"}
-
-
-# The edited value of a description_match slot is drawn from the slot's whole vocabulary with
-# the frequency TRUE values have (a fixed table, below): with truth t drawn at rate p(t) (the
-# data) and the edit v drawn at rate p(v) (this table), (true t, edit v) is about as frequent
-# as (true v, edit t). That holds only as far as the table fits the data; the mirror, not the
-# table, is what bounds the text-only accuracy (docs/captions.md). A draw equal to the truth
-# or not False with margin on the frame is not redrawn (a redraw would favour rare truths).
-#
-# Measured with `python bench/caption_baselines.py --priors` (code of commit caafe93, after
-# issue 13's pose checks and its "bent below 120 degrees" rule; 2-core AMD EPYC dev box):
-# the true value of each frame eligible for description_match (>= min_facts facts, caption
-# margins 15 deg / 0.15), configs/local.yaml pose (mediapipe, 512 px, num_poses 2) over the 9
-# shared clips at decode.num_frames=64 plus the 17 hand-labelled images as stills (frames the
-# pose checks did not flag); counts of frames (116 torso, 67 arms, 81 legs; 7-10 videos).
-# Leave-one-video-out spread (largest change of a value's share when one video is left
-# out): torso 0.18, arms 0.20, legs 0.09 -- the table is coarse (few videos), so its values
-# are counts to draw from, not a claim about poses in general.
-_B, _R, _S, _H = "bent at the elbow", "raised above the head", \
-    "stretched out away from the body", "hanging down by the side"
-_ST, _TR = "straight", "bent with the thigh raised"
-DESC_PRIORS: dict[str, dict[tuple, int]] = {
-    "torso": {("upright",): 87, ("leaning",): 29},
-    "arms": {(None, _B): 27, (_R, _R): 22, (_B, _B): 6, (_S, _S): 4, (_S, None): 2, (_H, None): 2,
-             (_B, None): 1, (None, _R): 1, (None, _H): 1, (_S, _B): 1},
-    "legs": {(_ST, _ST): 61, (None, _ST): 18, (_ST, None): 1, (_TR, None): 1},
-}
-
-
-def _prior_draw(unit: str, truth: Value, rng) -> Optional[Value]:
-    """One draw from DESC_PRIORS[unit] among the values stating the same parts as `truth`."""
-    pool = [(v, n) for v, n in DESC_PRIORS[unit].items() if _shape(v) == _shape(truth)]
-    k = rng.random() * sum(n for _, n in pool)   # always one draw: the rng stream stays aligned
-    for v, n in pool:
-        if k < n:
-            return v
-        k -= n
-    return None
-
-
-def _value(get, parts: tuple[str, ...]) -> Optional[Value]:
-    v = tuple(get(p) for p in parts)
-    return None if all(x is None for x in v) else v
-
-
-def _shape(v: Value) -> tuple[bool, ...]:
-    return tuple(x is None for x in v)
+def _negative_rules(rules: pc.Rules) -> pc.Rules:
+    """The rules a wrong option's claims are judged false by (NEGATIVE_POSITION_MARGIN)."""
+    return pc.Rules(angle_margin=rules.angle_margin,
+                    position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
 
 
 def _claims_false(option: list[dict], truth: list[dict], is_false) -> bool:
@@ -229,6 +179,7 @@ def _ask(row: dict, task: str, ctx: RunContext, subject, cands: list[Candidate],
     mirrored."""
     samples = []
     for _, key, c in pick_diverse(cands, n, rng):
+        key = c.get("sample_key", key)
         voice = _voice(row, task, key, ctx.seed)
         order = [int(i) for i in rng.permutation(len(c["variants"]))]
         options = [c["variants"][i].as_list() for i in order]
@@ -254,39 +205,95 @@ def _ask(row: dict, task: str, ctx: RunContext, subject, cands: list[Candidate],
 
 
 # ---- description_match -------------------------------------------------------------------------
+#
+# One frame is shown, but the question is one of 4 images: two frames A and B of the video, each
+# mirrored or not. The options are the 4 images' captions (over a common set of facts), and a
+# fair coin picks the image shown. Asked only when the 4 captions differ pairwise, each only in facts
+# definitely false on the other's image; the frames must be lopsided (their mirror says something
+# else), which hands and feet at different heights (posecodes.heights) make common.
 
-def _desc_states(facts: cap.PoseFacts, option: dict[str, Value]) -> dict[str, str]:
-    states = dict(facts.states)
-    for unit, v in option.items():
-        for part, s in zip(DESC_UNITS[unit], v):
-            if s is not None:
-                states[part] = s
-    return states
-
-
-def _definitely_false_edit(option: dict[str, Value], truth: dict[str, Value],
-                           false: dict[str, list[str]]) -> bool:
-    """Every part state the option changes is False with margin on the frame."""
-    return all(a == t or a in false.get(p, ()) for u, v in option.items()
-               for p, t, a in zip(DESC_UNITS[u], truth[u], v))
+# Caption keys in body order: a part's state, or which hand / foot is higher ("left" / "right").
+KEYS = ("torso", "left_arm", "right_arm", "hand_height", "left_leg", "right_leg", "foot_height")
+OTHER_SIDE = {"left": "right", "right": "left"}
 
 
-def _mirror_facts(f: cap.PoseFacts) -> cap.PoseFacts:
-    return cap.PoseFacts({swap_sides(p): s for p, s in f.states.items()}, f.relations)
+def _image_values(keypoints, w: int, h: int, min_score: float, rules: pc.Rules) -> dict[str, str]:
+    """key -> value of one image: the part states and the heights a caption may state."""
+    states = pc.part_states(keypoints, w, h, min_score, rules)
+    values = dict(states)
+    for r in cap.height_facts(keypoints, w, h, min_score, states, rules):
+        side, kind, _ = r.split("_")
+        values[f"{kind}_height"] = side
+    return values
 
 
-def _negative_rules(rules: pc.Rules) -> pc.Rules:
-    """The rules a wrong option's claims are judged false by (NEGATIVE_POSITION_MARGIN)."""
-    return pc.Rules(angle_margin=rules.angle_margin,
-                    position_margin=max(rules.position_margin, NEGATIVE_POSITION_MARGIN))
+def _mirror_values(values: dict[str, str]) -> dict[str, str]:
+    return {swap_sides(k): OTHER_SIDE[v] if k.endswith("_height") else v for k, v in values.items()}
 
 
-def _pose_claim_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rules):
-    """fact -> is it False with margin on this frame (a state, or a relation)."""
-    false = cap.definitely_false(keypoints, w, h, min_score, rules)
-    rel = pc.relations(keypoints, w, h, min_score, rules)
-    return lambda f: (f["state"] in false.get(f["part"], ()) if "state" in f
-                      else rel.get(f["relation"]) is False)
+def _value_false_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rules):
+    """(key, value) -> is it False with margin on this image. States are judged by the
+    negative rules (a hand near the head must not make "raised above the head" look true);
+    heights by the caption's: a wrong "the right hand is higher" is only ever asked against a
+    left hand higher by the caption margin, which no viewer reads as level."""
+    false = cap.definitely_false(keypoints, w, h, min_score, _negative_rules(rules))
+    heights = pc.heights(keypoints, w, h, min_score, rules)
+
+    def is_false(key: str, value: str) -> bool:
+        if key.endswith("_height"):
+            return heights.get(f"{value}_{key.split('_')[0]}_higher") is False
+        return value in false.get(key, ())
+    return is_false
+
+
+def _facts_over(values: dict[str, str], keys: list[str]) -> cap.PoseFacts:
+    keys = [k for k in keys if k in values]
+    return cap.PoseFacts({k: values[k] for k in keys if not k.endswith("_height")},
+                         tuple(f"{values[k]}_{k.split('_')[0]}_higher" for k in keys
+                               if k.endswith("_height")))
+
+
+def _group_keys(images: list[tuple[dict, Any]], min_facts: int) -> Optional[list[str]]:
+    """The keys the captions of images (A, mirrored A, B, mirrored B) may state (each states
+    those it has a value for), or None. A key goes when one image's value for it is not False
+    with margin on another image that does not have the same value; of the keys where A's and
+    B's captions differ only one stays (the first that works, in body order), so the frames'
+    captions differ in one fact. Each caption must claim something every other does not, and
+    state >= `min_facts` facts."""
+    values = [v for v, _ in images]
+
+    def fits(k: str) -> bool:
+        return all(values[i].get(k) == values[j][k] or images[i][1](k, values[j][k])
+                   for j in range(4) if k in values[j] for i in range(4) if i != j)
+    keys = [k for k in KEYS if any(k in v for v in values) and fits(k)]
+    differ = [k for k in keys if values[0].get(k) != values[2].get(k)]
+    for pick in differ:
+        chosen = [k for k in keys if k not in differ or k == pick]
+        # every caption claims something each other image's caption does not (a caption that
+        # only leaves facts out would be true of that image too)
+        claims_more = all(any(k in values[j] and values[i].get(k) != values[j][k] for k in chosen)
+                          for i in range(4) for j in range(4) if i != j)
+        if claims_more and all(sum(k in v for k in chosen) >= min_facts for v in values):
+            return chosen
+    return None
+
+
+def lopsided_images(subject, w: int, h: int, min_score: float, rules: pc.Rules
+                    ) -> dict[int, list[tuple[dict, Any]]]:
+    """Usable frame -> [(values, false-test) of the frame, the same of its mirror], for the
+    frames whose mirror says something else (and says it consistently)."""
+    images = {}
+    for pos in subject.usable_frames():
+        kps = subject.keypoints[pos]
+        values = _image_values(kps, w, h, min_score, rules)
+        mirrored = mirror_keypoints(kps)
+        # the rules are mirror-symmetric; a frame where rounding says otherwise is not used
+        if _mirror_values(values) == values or \
+                _image_values(mirrored, w, h, min_score, rules) != _mirror_values(values):
+            continue
+        images[pos] = [(values, _value_false_test(kps, w, h, min_score, rules)),
+                       (_mirror_values(values), _value_false_test(mirrored, w, h, min_score, rules))]
+    return images
 
 
 def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
@@ -296,46 +303,30 @@ def description_match(row: dict, cfg: MatchTaskConfig, ctx: RunContext,
         return []
     w, h = int(row["width"]), int(row["height"])
     rng = rng_for(row, "description_match", ctx.seed)
-    rules = caption_rules(cfg)
-    negative_rules = _negative_rules(rules)
-    facts = {pos: f for pos, f in _frame_facts(row, subject, min_score, rules).items()
-             if len(f) >= cfg.min_facts}
+    images = lopsided_images(subject, w, h, min_score, caption_rules(cfg))
     cands: list[Candidate] = []
-    for pos, f in facts.items():
-        kps = subject.keypoints[pos]
-        mirrored_kps = mirror_keypoints(kps)
-        # the rules are mirror-symmetric; a frame where rounding says otherwise is not asked
-        if cap.pose_facts(mirrored_kps, w, h, min_score, rules) != _mirror_facts(f):
-            continue
-        values = {u: v for u, parts in DESC_UNITS.items() if (v := _value(f.states.get, parts))}
-        false = cap.definitely_false(kps, w, h, min_score, negative_rules)
-        edits = {}
-        for u, v in values.items():   # one prior draw per unit, in a fixed order (rng aligned)
-            x = _prior_draw(u, v, rng)
-            if x is not None and x != v and _definitely_false_edit({u: x}, values, false):
-                edits[u] = x
-        mirror_coin = bool(rng.random() < 0.5)
-        if not edits:
-            continue
-        unit = sorted(edits)[int(rng.integers(len(edits)))]
-        relations = tuple(r for r in f.relations if r != DESC_DROP.get(unit))
-        truth = cap.PoseFacts(dict(f.states), relations)
-        edited = cap.PoseFacts(_desc_states(f, {unit: edits[unit]}), relations)
-        # outcome order: (not mirrored, truth), (mirrored, truth), edit, mirrored edit
-        variants = [truth, _mirror_facts(truth), edited, _mirror_facts(edited)]
-        lists = [v.as_list() for v in variants]
-        tests = [_pose_claim_test(k, w, h, min_score, negative_rules) for k in (kps, mirrored_kps)]
-        if not _distinct(lists) or not _all_wrong_false(lists, tests):   # the edits: never shown
-            continue
-        cands.append((pos, f"{pos}:{unit}", {
-            "variants": variants, "shown": int(mirror_coin), "positions": [pos],
-            "mirrored": mirror_coin, "edit": f"mirror+{unit}", "struct": {"slot": unit}}))
+    frames = sorted(images)
+    for i, a in enumerate(frames):
+        for b in frames[i + 1:]:
+            shown = int(rng.integers(4))   # drawn for every pair: the rng stream stays aligned
+            group = images[a] + images[b]   # outcome k: frame (a, b)[k // 2], mirrored if k % 2
+            keys = _group_keys(group, cfg.min_facts)
+            if keys is None:
+                continue
+            variants = [_facts_over(v, keys) for v, _ in group]
+            # the option set is the diversity key: frames that give the same 4 captions count once
+            options = json.dumps(sorted(json.dumps(v.as_list()) for v in variants))
+            cands.append((a * 1000 + b, options, {
+                "variants": variants, "shown": shown, "sample_key": f"{a},{b}",
+                "positions": [(a, b)[shown // 2]], "mirrored": bool(shown % 2),
+                "edit": "mirror+frame",
+                "struct": {"frames": [int(row["frame_indices"][p]) for p in (a, b)]}}))
 
     def render(v: cap.PoseFacts, voice: cap.Voice) -> str:
         return cap.describe_pose(v.states, v.relations, voice)
 
     def question(template: str, who: str, named: bool) -> str:
-        return (f"{template.format(who=who)}{box_note(named)}{SIDE_NOTE}"
+        return (f"{template.format(who=who)}{box_note(named)}{SIDE_NOTE}{HIGHER_NOTE}"
                 " Answer with the option's text.")
     return _ask(row, "description_match", ctx, subject, cands, cfg.samples_per_video, rng, render,
                 question)

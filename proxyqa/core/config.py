@@ -357,7 +357,8 @@ class MatchTaskConfig(Strict):
 
     samples_per_video: int = Field(2, ge=0, description="Questions per video at most.")
     min_facts: int = Field(
-        2, ge=1, description="The true caption states at least this many facts."
+        2, ge=1, description="The true caption states at least this many facts "
+        "(description_match: every one of the 4 options)."
     )
     min_pose_motion: float = Field(
         0.1, ge=0.0,

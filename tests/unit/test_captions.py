@@ -11,7 +11,6 @@ import pytest
 from proxyqa.core.config import MLLMConfig, TasksConfig
 from proxyqa.stages import captions as cap
 from proxyqa.stages import posecodes as pc
-from proxyqa.stages import tasks_captions as tc
 from proxyqa.stages.mllm_plan import MLLMPlanner, Skip
 from proxyqa.stages.sampling import RunContext
 from proxyqa.stages.tasks import BuildTasksStage
@@ -31,11 +30,23 @@ POSES = [RAISED_LEFT,
 # hand comes down from shoulder height: every mirrored and reversed change is definitely false.
 SWING = [dict(arms=((10, 175), (90, 175)), legs=((0, 178), (0, 178))),
          dict(arms=((170, 175), (10, 175)), legs=((0, 178), (0, 178)))]
+# The left arm raised and the right hanging, both legs straight and then the right knee bent:
+# the two frames differ in one fact (the right leg), each frame's mirror in the arms: 4 images
+# with 4 captions.
+STEP = [RAISED_LEFT, dict(RAISED_LEFT, legs=((0, 178), (0, 90)))]
 
 
 def all_rows() -> list[dict]:
     return build([make_row([make_kps(**p) for p in POSES]),
-                  make_row([make_kps(**p) for p in SWING], video_id="vid-swing")])
+                  make_row([make_kps(**p) for p in SWING], video_id="vid-swing"),
+                  make_row([make_kps(**p) for p in STEP], video_id="vid-step")])
+
+
+def fact_truth(kps, fact: dict):
+    """A caption fact's truth on keypoints (caption margins): True / False / None."""
+    if "state" in fact:
+        return pc.state_truths(kps, 1000, 1000, 0.5, RULES)[fact["part"]][fact["state"]]
+    return pc.heights(kps, 1000, 1000, 0.5, RULES).get(fact["relation"])
 
 
 def build(rows: list[dict], **cfg) -> list[dict]:
@@ -83,16 +94,11 @@ def test_rule_rows_store_their_facts_and_negatives_are_definitely_false():
         s = json.loads(r["answer_struct"])
         assert r["answer_source"] == "geometry" and s["facts"]
         if r["task"] == "description_match":
-            kps = r["keypoints"][0]
-            truths = pc.state_truths(kps, 1000, 1000, 0.5, RULES)
             assert r["choices"][s["index"]] == r["answer"] and len(r["choices"]) == 4
             assert len(set(r["choices"])) == 4
             for i, facts in enumerate(s["choice_facts"]):
-                said = [truths[f["part"]][f["state"]] for f in facts if "part" in f]
-                if i == s["index"]:
-                    assert all(v is True for v in said)
-                else:
-                    assert False in said and None not in said
+                said = [fact_truth(r["keypoints"][0], f) for f in facts if f not in s["facts"]]
+                assert all(v is False for v in said) and bool(said) == (i != s["index"])
         if r["task"] == "change_match":
             assert r["choices"][s["index"]] == r["answer"] and len(set(r["choices"])) == 4
             # Image 1 is the later frame exactly when the row says the pair is reversed
@@ -115,34 +121,37 @@ def test_match_rows_show_every_coin_outcome_and_the_images_follow_it():
     mirrored row's image, keypoints and box are the left-right mirror of the frame's."""
     import cv2
 
-    video = make_row([make_kps(**p) for p in SWING], video_id="vid-swing")
+    videos = {"change_match": make_row([make_kps(**p) for p in SWING], video_id="vid-swing"),
+              "description_match": make_row([make_kps(**p) for p in STEP], video_id="vid-step")}
     outcomes: dict[str, Counter] = {"description_match": Counter(), "change_match": Counter()}
-    for seed in range(24):
-        tasks = TasksConfig.model_validate({"enabled": ["description_match", "change_match"],
-                                            "seed": seed})
+    for (task, video), seed in ((tv, seed) for tv in videos.items() for seed in range(24)):
+        tasks = TasksConfig.model_validate({"enabled": [task], "seed": seed})
         out = BuildTasksStage(tasks, RunContext("r", "h", seed), 0.5)(
             {k: [video[k]] for k in video})
-        for task in outcomes:
-            for _, mirrored, reversed_, r in _asked(out["samples"][0], task):
-                outcomes[task][(mirrored, reversed_, r["answer"])] += 1
-                s = json.loads(r["answer_struct"])
-                pos = [video["frame_indices"].index(i) for i in r["frame_indices"]]
-                frame = cv2.imdecode(np.frombuffer(video["frames_jpeg"][pos[0]], np.uint8), 1)
-                shown = cv2.imdecode(np.frombuffer(r["images"][0], np.uint8), 1)
-                expect = cv2.flip(frame, 1) if mirrored else frame
-                assert np.abs(shown.astype(int) - expect.astype(int)).mean() < 3
-                kps = np.asarray(json.loads(video["subject_json"])["keypoints"][pos[0]], float)
-                if mirrored:   # the left wrist of the shown image is the frame's right one, x mirrored
-                    kps = kps[[pc.J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
-                               for n in pc.J]]
-                    kps[:, 0] = 1 - kps[:, 0]
-                assert np.allclose(np.asarray(r["keypoints"][0], float), kps, atol=1e-4)
-                assert s["facts"] == s["choice_facts"][s["index"]]
-    # change_match: 4 outcomes (mirror x reversal), each with its own true caption
+        for _, mirrored, reversed_, r in _asked(out["samples"][0], task):
+            if task == "description_match":   # the outcome: which frame, mirrored or not
+                reversed_ = r["frame_indices"][0] != video["frame_indices"][0]
+            s = json.loads(r["answer_struct"])
+            outcomes[task][(mirrored, reversed_, json.dumps(s["facts"]))] += 1
+            pos = [video["frame_indices"].index(i) for i in r["frame_indices"]]
+            frame = cv2.imdecode(np.frombuffer(video["frames_jpeg"][pos[0]], np.uint8), 1)
+            shown = cv2.imdecode(np.frombuffer(r["images"][0], np.uint8), 1)
+            expect = cv2.flip(frame, 1) if mirrored else frame
+            assert np.abs(shown.astype(int) - expect.astype(int)).mean() < 3
+            kps = np.asarray(json.loads(video["subject_json"])["keypoints"][pos[0]], float)
+            if mirrored:   # the left wrist of the shown image is the frame's right one, x mirrored
+                kps = kps[[pc.J[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")]
+                           for n in pc.J]]
+                kps[:, 0] = 1 - kps[:, 0]
+            assert np.allclose(np.asarray(r["keypoints"][0], float), kps, atol=1e-4)
+            assert s["facts"] == s["choice_facts"][s["index"]]
+    # change_match: 4 outcomes (mirror x reversal), each with its own true facts
     assert {(m, v) for m, v, _ in outcomes["change_match"]} == {(a, b) for a in (0, 1) for b in (0, 1)}
     assert len({a for *_, a in outcomes["change_match"]}) == 4
-    # description_match: both mirror outcomes
-    assert {m for m, _, _ in outcomes["description_match"]} == {False, True}
+    # description_match: 4 outcomes (frame x mirror), each with its own true facts
+    assert {(m, v) for m, v, _ in outcomes["description_match"]} == {
+        (a, b) for a in (0, 1) for b in (0, 1)}
+    assert len({a for *_, a in outcomes["description_match"]}) == 4
 
 
 def test_rules_generator_off_writes_no_caption_rows_and_mllm_skips_rule_tasks():
@@ -207,38 +216,60 @@ def test_every_limb_phrasing_parses_back_and_none_reads_as_a_lifted_leg():
     assert not any(w in p for p in seated for w in ("lifted", "is raised", "are raised"))
 
 
-def test_static_video_gets_description_match_rows_mirrored_or_not():
-    """A video whose frames all show one lopsided pose still gets questions (the mirror and a
-    slot edit drawn from tasks_captions.DESC_PRIORS need no other frame); every wrong option's
-    changed fact is False with margin on the row's own keypoints; a symmetric pose (both arms
-    raised: its mirror is itself) gets none."""
-    rows = [r for r in build([make_row([make_kps(**RAISED_LEFT)] * 16)], description_match={
-        "samples_per_video": 16}) if r["task"] == "description_match"]
+def test_description_match_needs_two_lopsided_frames_differing_in_a_fact():
+    """The question is one of 4 images (two frames, each mirrored or not): a video of two
+    lopsided poses that differ in one fact gets rows, each wrong option differing from the
+    truth only in facts False with margin on the shown image; a video of one pose (no second
+    frame) and one of a symmetric pose (its mirror is itself) get none."""
+    rows = [r for r in build([make_row([make_kps(**p) for p in STEP * 4], video_id="v")],
+                             description_match={"samples_per_video": 16})
+            if r["task"] == "description_match"]
     assert rows
     for r in rows:
         s = json.loads(r["answer_struct"])
-        truths = pc.state_truths(r["keypoints"][0], 1000, 1000, 0.5, RULES)
         assert r["answer"] == r["choices"][s["index"]] and len(set(r["choices"])) == 4
         raised = "left_arm" if not s["mirrored"] else "right_arm"
         assert {"part": raised, "state": "raised above the head"} in s["facts"]
+        # the pair's video frame indices; the shown one is the row's frame
+        assert s["edit"] == "mirror+frame" and r["frame_indices"][0] in s["frames"]
         for i, facts in enumerate(s["choice_facts"]):
-            said = [truths[f["part"]][f["state"]] for f in facts if "part" in f]
-            assert all(v is True for v in said) if i == s["index"] else (
-                False in said and None not in said)
+            said = [fact_truth(r["keypoints"][0], f) for f in facts if f not in s["facts"]]
+            assert all(v is False for v in said) and bool(said) == (i != s["index"])
     both = dict(arms=((170, 175), (170, 175)), legs=((0, 178), (0, 178)))
-    assert not [r for r in build([make_row([make_kps(**both)] * 16)], description_match={
-        "samples_per_video": 16}) if r["task"] == "description_match"]
+    for frames in ([RAISED_LEFT] * 16, [both, dict(both, lean=35)] * 8):
+        assert not [r for r in build([make_row([make_kps(**p) for p in frames])],
+                                     description_match={"samples_per_video": 16})
+                    if r["task"] == "description_match"]
 
 
-def test_prior_draw_follows_the_table_within_the_truths_shape():
-    rng = np.random.default_rng(0)
-    truth = (None, "bent at the elbow")          # only the right arm is stated
-    pool = {v: n for v, n in tc.DESC_PRIORS["arms"].items() if v[0] is None}
-    draws = Counter(tc._prior_draw("arms", truth, rng) for _ in range(20000))
-    assert set(draws) == set(pool)               # same shape only, every value reachable
-    total = sum(pool.values())
-    for v, n in pool.items():
-        assert abs(draws[v] / 20000 - n / total) < 0.015, (v, draws[v])
+def test_heights_say_which_hand_is_higher_and_the_mirror_exchanges_them():
+    from proxyqa.stages.mirror import mirror_keypoints
+
+    # left arm held out (wrist at shoulder height), right arm hanging: the left hand is higher
+    kps = make_kps(arms=((90, 175), (10, 175)))
+    # (the feet are level: within the margin, so no foot fact either way)
+    assert pc.heights(kps, 1000, 1000, 0.5, RULES) == {"left_hand_higher": True,
+                                                       "right_hand_higher": False}
+    assert pc.heights(mirror_keypoints(kps), 1000, 1000, 0.5, RULES)["right_hand_higher"] is True
+    # within the margin (0.1 + 0.15 torso lengths): no height fact either way
+    level = make_kps(arms=((20, 175), (10, 175)))
+    assert "left_hand_higher" not in pc.heights(level, 1000, 1000, 0.5, RULES)
+    # no height from a limb with a collapsed segment (a wrist taken from a neighbour) ...
+    collapsed = [list(k) for k in kps]
+    collapsed[pc.J["right_elbow"]][:2] = [collapsed[pc.J["right_wrist"]][0] + 0.01,
+                                          collapsed[pc.J["right_wrist"]][1]]
+    assert not any("hand" in r for r in pc.heights(collapsed, 1000, 1000, 0.5, RULES))
+    # ... nor from two wrists one above the other (one may hide the other)
+    stacked = [list(k) for k in kps]
+    stacked[pc.J["right_wrist"]][0] = stacked[pc.J["left_wrist"]][0] + 0.01   # 0.05 S sideways
+    assert not any("hand" in r for r in pc.heights(stacked, 1000, 1000, 0.5, RULES))
+    # a height the arm states already say is not stated again in a caption
+    states = pc.part_states(kps, 1000, 1000, 0.5, RULES)
+    assert states["left_arm"] == "stretched out away from the body"
+    assert cap.height_facts(kps, 1000, 1000, 0.5, states, RULES) == ()
+    bent = make_kps(arms=((90, 60), (10, 175)))
+    bent_states = pc.part_states(bent, 1000, 1000, 0.5, RULES)
+    assert "left_hand_higher" in cap.height_facts(bent, 1000, 1000, 0.5, bent_states, RULES)
 
 
 def test_match_options_have_matched_lengths_whatever_their_order():
