@@ -15,7 +15,8 @@
    - length: the longest / the shortest option;
    - ngram: a word-bigram naive Bayes trained on the other videos' questions (true vs wrong
      options), leave-one-video-out.
-Writes <out>/blind_baseline.json and <out>/<task>_<k>.png.
+Writes <out>/blind_baseline.json, <out>/<task>_<k>.png and <out>/<task>_<k>_crop.png (the
+subject of the first shown image at full stored resolution, for small limbs).
 """
 from __future__ import annotations
 
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         picked = [r for r in rows if r["task"] == task][: args.n]
         for k, row in enumerate(picked):
             render(row, args.out / f"{task}_{k:02d}.png")
+            render_crop(row, args.out / f"{task}_{k:02d}_crop.png")
         print(f"{task}: {len([r for r in rows if r['task'] == task])} rows, rendered {len(picked)}")
     res = blind(rows)
     print(json.dumps(res, indent=1))
