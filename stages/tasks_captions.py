@@ -134,10 +134,10 @@ def pose_difference(row: dict, cfg: CaptionTaskConfig, ctx: RunContext,
 #
 # change_match crosses mirror and reversal, description_match mirror and frame: the 4 options
 # are the captions of the 4 outcomes, and each is the true one exactly 1/4 of the time given
-# the options. A question is asked only when every wrong option is definitely false (each claim it makes
-# beyond the truth False with margin) for EVERY coin outcome, a condition that does not depend
-# on the coins, so filtering keeps the fairness. Lengths are matched over the set of options
-# (captions.matched_texts) (docs/captions.md).
+# the options. A question is asked only when every wrong option is definitely false (each claim
+# it makes beyond the truth False with margin) for EVERY coin outcome, a condition that does
+# not depend on the coins, so filtering keeps the fairness. Lengths are matched over the set of
+# options (captions.matched_texts) (docs/captions.md).
 
 def _negative_rules(rules: pc.Rules) -> pc.Rules:
     """The rules a wrong option's claims are judged false by (NEGATIVE_POSITION_MARGIN)."""
@@ -217,13 +217,19 @@ KEYS = ("torso", "left_arm", "right_arm", "hand_height", "left_leg", "right_leg"
 OTHER_SIDE = {"left": "right", "right": "left"}
 
 
+def _height_fact(key: str, side: str) -> str:
+    """("hand_height", "left") -> "left_hand_higher" (the relation posecodes.heights names)."""
+    return f"{side}_{key.removesuffix('_height')}_higher"
+
+
 def _image_values(keypoints, w: int, h: int, min_score: float, rules: pc.Rules) -> dict[str, str]:
     """key -> value of one image: the part states and the heights a caption may state."""
     states = pc.part_states(keypoints, w, h, min_score, rules)
     values = dict(states)
-    for r in cap.height_facts(keypoints, w, h, min_score, states, rules):
-        side, kind, _ = r.split("_")
-        values[f"{kind}_height"] = side
+    for key in ("hand_height", "foot_height"):
+        for side in OTHER_SIDE:
+            if _height_fact(key, side) in cap.height_facts(keypoints, w, h, min_score, states, rules):
+                values[key] = side
     return values
 
 
@@ -241,7 +247,7 @@ def _value_false_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rul
 
     def is_false(key: str, value: str) -> bool:
         if key.endswith("_height"):
-            return heights.get(f"{value}_{key.split('_')[0]}_higher") is False
+            return heights.get(_height_fact(key, value)) is False
         return value in false.get(key, ())
     return is_false
 
@@ -249,8 +255,7 @@ def _value_false_test(keypoints, w: int, h: int, min_score: float, rules: pc.Rul
 def _facts_over(values: dict[str, str], keys: list[str]) -> cap.PoseFacts:
     keys = [k for k in keys if k in values]
     return cap.PoseFacts({k: values[k] for k in keys if not k.endswith("_height")},
-                         tuple(f"{values[k]}_{k.split('_')[0]}_higher" for k in keys
-                               if k.endswith("_height")))
+                         tuple(_height_fact(k, values[k]) for k in keys if k.endswith("_height")))
 
 
 def _group_keys(images: list[tuple[dict, Any]], min_facts: int) -> Optional[list[str]]:
